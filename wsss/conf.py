@@ -1,0 +1,20 @@
+"""OmegaConf resolvers used by `conf/`; registered once by `train.py` and the test fixtures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+def _if_synthetic(root: Any, synthetic_value: Any, real_value: Any) -> Any:
+    """``data.root: null`` means the generated synthetic VOC tree, which needs small sizes."""
+    value = synthetic_value if root is None else real_value
+    # Plain lists are not valid node values after `OmegaConf.resolve`; containers are.
+    return OmegaConf.create(value) if isinstance(value, (list, dict)) else value
+
+
+def register_resolvers() -> None:
+    """Register ``${wsss.if_synthetic:${data.root},<synthetic>,<real>}`` (idempotent)."""
+    if not OmegaConf.has_resolver("wsss.if_synthetic"):
+        OmegaConf.register_new_resolver("wsss.if_synthetic", _if_synthetic)

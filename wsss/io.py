@@ -1,0 +1,85 @@
+"""Atomic, pickle-free artifact I/O: every file is written to a temp file and renamed.
+
+A crash mid-write therefore never leaves a truncated CAM, label or metrics file behind, and
+arrays are loaded with ``allow_pickle=False`` so artifacts cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from wsss.data.labels import voc_palette
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write named arrays to ``path`` (.npz, compressed) atomically."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read every array of an .npz written by :func:`save_npz`, refusing pickled objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"artifact not found: {path}")
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:
+    """Write a (H, W) uint8 label map as a PNG (VOC palette by default; 255 = ignore)."""
+    if label.ndim != 2:
+        raise ValueError(f"label map for {path} must be (H, W), got shape {label.shape}")
+    image = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8), mode="P" if palette else "L")
+    if palette:
+        image.putpalette(voc_palette().reshape(-1).tolist())
+    with atomic_path(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
+
+
+def load_label_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a label PNG (palette or grayscale) as (H, W) uint8 class indices."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label PNG not found: {path}")
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L"):
+            raise ValueError(f"{path}: expected a palette (P) or grayscale (L) PNG, got mode {image.mode}")
+        return np.array(image, dtype=np.uint8)
+
+
+def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON atomically."""
+    with atomic_path(path, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"JSON file not found: {path}")
+    return json.loads(path.read_text())

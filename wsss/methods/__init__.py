@@ -1,0 +1,1 @@
+"""LightningModules: one per method. They wire `wsss.functional` losses to optimisation/logging."""

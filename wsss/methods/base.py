@@ -1,0 +1,50 @@
+"""Shared optimisation for every method: new-layer LR multiplier and a per-step poly schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+from torch import nn
+
+
+def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
+    """lr_t = lr_0 * (1 - t/T)^power, updated every optimiser step (the WSSS convention)."""
+    total = max(int(total_steps), 1)
+    return lambda step: max(1.0 - min(step, total) / total, 0.0) ** power
+
+
+class WSSSModule(L.LightningModule):
+    """Base LightningModule: subclasses say which parameters are pretrained and which are new.
+
+    ``optimizer`` is a partial (Hydra ``_partial_: true``) taking ``params``; new layers get
+    ``new_lr_mult`` times its learning rate (10x in PSA/IRN/SEAM/EPS/OAA).
+    """
+
+    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], new_lr_mult: float,
+                 poly_power: float) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.new_lr_mult = new_lr_mult
+        self.poly_power = poly_power
+
+    def pretrained_parameters(self) -> Iterable[nn.Parameter]:
+        raise NotImplementedError
+
+    def new_parameters(self) -> Iterable[nn.Parameter]:
+        raise NotImplementedError
+
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's union type
+        groups = []
+        for params, mult in ((self.pretrained_parameters(), 1.0), (self.new_parameters(), self.new_lr_mult)):
+            params = [p for p in params if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr_mult": mult})
+        optimizer = self.optimizer_factory(params=groups)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group["lr_mult"]
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, poly_lambda(self.trainer.estimated_stepping_batches, self.poly_power)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

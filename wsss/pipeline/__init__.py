@@ -1,0 +1,1 @@
+"""Stages chained by `runner.run_pipeline`; they talk only through files under the run dir."""

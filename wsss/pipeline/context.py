@@ -1,0 +1,125 @@
+"""What a stage gets from the runner: its config, its output dir, and its inputs' dirs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from wsss.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"  # written last by the runner: its presence marks a finished stage
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may use. Stages never build paths to other stages by hand."""
+
+    cfg: DictConfig
+    name: str
+    run_dir: Path
+    loggers: list[Logger] = field(default_factory=list)
+
+    @property
+    def params(self) -> DictConfig:
+        return self.cfg.stages[self.name]
+
+    @property
+    def out_dir(self) -> Path:
+        path = self.run_dir / "stages" / self.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def input(self, stage: str) -> Path:
+        """Directory of a finished earlier stage.
+
+        Resolution order: ``pipeline.inputs.<stage>`` (any directory the user names), then
+        ``pipeline.from_run``/stages/<stage> (an earlier run), then this run.
+        """
+        pipe = self.cfg.pipeline
+        explicit = (pipe.get("inputs") or {}).get(stage)
+        candidates = [Path(explicit)] if explicit else []
+        if pipe.get("from_run") and not explicit:
+            candidates.append(Path(pipe.from_run) / "stages" / stage)
+        candidates.append(self.run_dir / "stages" / stage)
+        for path in candidates:
+            if (path / METRICS_FILE).is_file():
+                return path
+        raise FileNotFoundError(
+            f"stage {self.name!r} needs the output of stage {stage!r}, but none of "
+            f"{[str(p) for p in candidates]} holds a finished stage (no {METRICS_FILE}). Run "
+            f"{stage!r} first, or point pipeline.inputs.{stage}=DIR / pipeline.from_run=RUN_DIR at one."
+        )
+
+    def data_root(self) -> Path:
+        return resolve_data_root(self.cfg)
+
+    def datamodule(self, **overrides: Any) -> L.LightningDataModule:
+        """Instantiate ``cfg.data`` with the resolved root and stage-specific overrides."""
+        return instantiate(self.cfg.data.module, root=str(self.data_root()), **overrides)
+
+    def trainer(self, **overrides: Any) -> L.Trainer:
+        """A Trainer from ``cfg.trainer`` that logs to this stage and saves no pickled checkpoints."""
+        kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
+        kwargs.update(overrides)
+        kwargs.setdefault("enable_checkpointing", False)
+        kwargs.setdefault("logger", self.loggers or False)
+        return L.Trainer(default_root_dir=str(self.out_dir), **kwargs)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        prefixed = {f"{self.name}/{k}": float(v) for k, v in metrics.items()}
+        for logger in self.loggers:
+            logger.log_metrics(prefixed, step=step)
+
+
+def save_model(module: torch.nn.Module, path: Path) -> None:
+    """State dict only, loadable with ``weights_only=True`` (no pickled objects)."""
+    from wsss.io import atomic_path
+
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
+
+
+def load_model(module: torch.nn.Module, path: Path) -> torch.nn.Module:
+    if not path.is_file():
+        raise FileNotFoundError(f"model weights not found: {path} (written by a fit stage)")
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return module.eval()
+
+
+def resolve_data_root(cfg: DictConfig) -> Path:
+    """``data.root`` if set (must exist), else the synthetic VOC tree, generated on first use."""
+    if cfg.data.root is not None:
+        root = Path(cfg.data.root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"data.root={root} does not exist; expected a PASCAL VOC 2012 tree "
+                "(<root>/JPEGImages, <root>/SegmentationClass, <root>/ImageSets/Segmentation/*.txt)"
+            )
+        return root
+    from wsss.data.synthetic import ensure_synthetic_voc
+
+    syn = cfg.data.synthetic
+    return Path(ensure_synthetic_voc(
+        Path(syn.root), num_train=syn.num_train, num_val=syn.num_val, seed=syn.seed,
+        image_size=tuple(syn.image_size), classes=list(syn.classes) if syn.classes else None,
+    ))
+
+
+def finish_stage(ctx: StageContext, metrics: Mapping[str, Any]) -> None:
+    write_json(ctx.out_dir / METRICS_FILE, {"stage": ctx.name, **metrics})
+
+
+def read_metrics(stage_dir: Path) -> dict[str, Any]:
+    return read_json(stage_dir / METRICS_FILE)

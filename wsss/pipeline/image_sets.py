@@ -1,0 +1,62 @@
+"""Which image ids each stage touches, resolved from the data splits and the protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from wsss.data.datasets import InferenceDataset
+from wsss.data.voc import VOCSource
+from wsss.pipeline.context import StageContext
+from wsss.pipeline.protocol import holdout_ids
+
+
+def source(ctx: StageContext, split: str, for_eval: bool = False) -> VOCSource:
+    """VOC source of a split; evaluation reads the official masks (``data.eval_mask_dir``)."""
+    data = ctx.cfg.data
+    mask_dir = data.eval_mask_dir if for_eval else data.module.mask_dir
+    return VOCSource(ctx.data_root(), split, mask_dir=mask_dir)
+
+
+def threshold_ids(ctx: StageContext) -> list[str]:
+    """Held-out labelled images used only to choose background thresholds."""
+    proto = ctx.cfg.protocol
+    return holdout_ids(source(ctx, proto.holdout_split).ids, proto.holdout_fraction, proto.seed)
+
+
+def eval_ids(ctx: StageContext, split: str) -> list[str]:
+    """Ids of ``split`` minus the held-out threshold subset (so tuning images are not reported)."""
+    held = set(threshold_ids(ctx))
+    return [i for i in source(ctx, split).ids if i not in held]
+
+
+def stage_images(ctx: StageContext, splits: Sequence[str], include_holdout: bool) -> Dataset:
+    """Full-size inference dataset over the union of ``splits`` (+ held-out ids), each id once."""
+    ids: dict[str, None] = {}
+    for split in splits:
+        ids.update(dict.fromkeys(source(ctx, split).ids))
+    if include_holdout:
+        ids.update(dict.fromkeys(threshold_ids(ctx)))
+    data = ctx.cfg.data.module
+    return InferenceDataset(
+        VOCSource(ctx.data_root(), splits[0], mask_dir=data.mask_dir, ids=list(ids)),
+        mean=list(data.mean), std=list(data.std),
+    )
+
+
+def load_rgb(src: VOCSource, image_id: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image (for the CRF and for visualisation)."""
+    from PIL import Image
+
+    with Image.open(src.image_path(image_id)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def cam_file(cam_dir: Path, image_id: str) -> Path:
+    path = cam_dir / f"{image_id}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"CAM file missing: {path} (make_cam did not cover image {image_id!r})")
+    return path

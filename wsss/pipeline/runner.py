@@ -1,0 +1,90 @@
+"""Run the stages of ``cfg.pipeline.order`` in turn, each in its own directory with its metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_method, instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from wsss.pipeline.context import METRICS_FILE, StageContext, finish_stage, read_metrics
+
+log = logging.getLogger(__name__)
+
+# The figures the end-of-run table shows, per stage, when present.
+HEADLINE = ("miou", "miou_crf", "miou_ms", "threshold", "holdout_miou", "val_mAP", "ap50",
+            "cue_precision", "cue_coverage")
+
+
+def make_loggers(cfg: DictConfig, stage: str, run_dir: Path) -> list[Logger]:
+    """One logger set per stage: CSV under the stage dir; W&B runs grouped by the run dir."""
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if node is None:
+            continue
+        target = node["_target_"]
+        extra: dict[str, Any] = {"save_dir": str(run_dir / "stages" / stage)}
+        if target.endswith("WandbLogger"):
+            extra.update(name=f"{run_dir.name}/{stage}", group=str(run_dir.name), job_type=stage,
+                         save_dir=str(run_dir))
+        else:
+            extra.update(name="csv", version="")
+        loggers.append(instantiate(node, **extra))
+    return loggers
+
+
+def _close(loggers: list[Logger]) -> None:
+    for logger in loggers:
+        logger.finalize("success")
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()  # one W&B run per stage
+
+
+def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
+    """Run the pipeline; returns {stage: metrics}. Finished stages are reused with ``skip_done``."""
+    L.seed_everything(cfg.seed, workers=True)
+    pipe = cfg.pipeline
+    unknown = [s for s in (pipe.only or []) if s not in pipe.order]
+    if unknown:
+        raise KeyError(f"pipeline.only names stages {unknown} not in pipeline.order {list(pipe.order)}")
+    results: dict[str, dict] = {}
+    for name in pipe.order:
+        if name not in cfg.stages:
+            raise KeyError(f"pipeline.order names stage {name!r} but cfg.stages has no such entry")
+        stage_dir = run_dir / "stages" / name
+        if (pipe.only and name not in pipe.only) or (pipe.skip_done and (stage_dir / METRICS_FILE).is_file()):
+            if (stage_dir / METRICS_FILE).is_file():
+                results[name] = read_metrics(stage_dir)
+            continue
+        log.info("stage %s", name)
+        ctx = StageContext(cfg, name, run_dir, loggers=make_loggers(cfg, name, run_dir))
+        start = time.perf_counter()
+        try:
+            metrics = get_method(cfg.stages[name]["_target_"])(ctx)
+        finally:
+            _close(ctx.loggers)
+        metrics["seconds"] = round(time.perf_counter() - start, 1)
+        if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+            finish_stage(ctx, metrics)
+        results[name] = metrics
+    print_summary(results)
+    return results
+
+
+def print_summary(results: dict[str, dict]) -> None:
+    table = Table(title="wsss results")
+    for column in ("stage", "metric", "value", "includes"):
+        table.add_column(column)
+    for stage, metrics in results.items():
+        for key in HEADLINE:
+            if isinstance(metrics.get(key), (int, float)):
+                table.add_row(stage, key, f"{metrics[key]:.4f}", str(metrics.get("includes", ""))[:60])
+    Console().print(table)

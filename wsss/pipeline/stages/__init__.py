@@ -1,0 +1,1 @@
+"""One module per stage, each exposing ``run(ctx: StageContext) -> dict[str, float]``."""

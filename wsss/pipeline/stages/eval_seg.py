@@ -1,0 +1,70 @@
+"""Stage `eval_seg`: segmentation mIoU on the validation split, each protocol reported apart.
+
+``miou`` is single-scale without CRF; ``miou_ms`` adds the configured scales + flip; ``miou_crf``
+adds dense CRF on top of the multi-scale (or single-scale) probabilities. Images of the held-out
+threshold subset are excluded; ``miou_full_split`` (single-scale) includes them for comparison.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from wsss.data.labels import VOC_CLASSES
+from wsss.functional.crf import dense_crf
+from wsss.functional.segmentation import multiscale_probs
+from wsss.io import save_label_png
+from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
+from wsss.pipeline.context import MODEL_FILE, StageContext, load_model
+from wsss.pipeline.image_sets import eval_ids, load_rgb, source, stage_images
+
+
+def run(ctx: StageContext) -> dict:
+    p = ctx.params
+    model = load_model(instantiate(ctx.cfg.stages.train_seg.module), ctx.input("train_seg") / MODEL_FILE)
+    device = torch.device("cuda" if torch.cuda.is_available() and ctx.cfg.trainer.accelerator != "cpu" else "cpu")
+    model.to(device)
+    reported = set(eval_ids(ctx, p.split))
+    gt_src = source(ctx, p.split, for_eval=True)
+    dataset = stage_images(ctx, [p.split], include_holdout=False)
+    n = ctx.cfg.data.num_classes + 1
+    multi = list(p.scales) != [1.0] or p.flip
+    kinds = ["single", "full"] + (["ms"] if multi else []) + (["crf"] if p.crf else [])
+    metrics = {kind: SegmentationMetric(n) for kind in kinds}
+    crf_params = OmegaConf.to_container(p.crf_params, resolve=True)
+    for index in tqdm(range(len(dataset)), desc="eval_seg"):
+        item = dataset[index]
+        name, image = item["name"], item["image"][None].to(device)
+        gt = torch.from_numpy(gt_src.load_mask(name).astype(np.int64))
+        probs = {"single": multiscale_probs(model, image).cpu()}
+        if multi:
+            probs["ms"] = multiscale_probs(model, image, p.scales, p.flip).cpu()
+        best = probs["ms" if multi else "single"]
+        preds = {k: v.argmax(0) for k, v in probs.items()}
+        if p.crf:
+            marginals = dense_crf(load_rgb(gt_src, name), best.numpy(), **crf_params)
+            preds["crf"] = torch.from_numpy(marginals.argmax(0))
+        metrics["full"].update(preds["single"], gt)
+        if name in reported:
+            for kind, pred in preds.items():
+                metrics[kind].update(pred, gt)
+        final = preds["crf" if p.crf else ("ms" if multi else "single")]
+        save_label_png(ctx.out_dir / "predictions" / f"{name}.png", final.numpy().astype(np.uint8))
+
+    names = ("background", *VOC_CLASSES)
+    results = {kind: metric.compute() for kind, metric in metrics.items()}
+    out = {"split": p.split, "num_reported": len(reported), "miou": float(results["single"]["miou"]),
+           "miou_full_split": float(results["full"]["miou"]),
+           "per_class_iou": class_names_iou(results["single"]["iou"], names)}
+    if multi:
+        out["miou_ms"] = float(results["ms"]["miou"])
+        out["ms_protocol"] = f"scales {list(p.scales)}, flip={bool(p.flip)}"
+    if p.crf:
+        out["miou_crf"] = float(results["crf"]["miou"])
+        out["per_class_iou_crf"] = class_names_iou(results["crf"]["iou"], names)
+    out["predictions"] = "predictions (" + ("CRF" if p.crf else "ms" if multi else "single-scale") + ")"
+    ctx.log_metrics({k: v for k, v in out.items() if k.startswith("miou")})
+    return out

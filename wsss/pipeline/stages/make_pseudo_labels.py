@@ -1,0 +1,106 @@
+"""Stage `make_pseudo_labels`: CAMs -> label PNGs (background threshold, optional dense CRF).
+
+For every image of the pseudo-label split the scores [threshold, CAM_1..CAM_K] are arg-maxed;
+pixels whose best score beats the runner-up by less than ``ignore_margin`` become 255 (unsure).
+With ``crf: true`` the same scores, normalised per pixel, go through pydensecrf first, and
+both versions are written and evaluated, so their difference is visible in ``metrics.json``.
+Work runs in DataLoader workers (the CRF is CPU bound).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wsss.data.labels import IGNORE, VOC_CLASSES
+from wsss.functional.crf import dense_crf
+from wsss.io import load_npz, save_label_png
+from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
+from wsss.pipeline.context import StageContext, read_metrics
+from wsss.pipeline.image_sets import cam_file, eval_ids, load_rgb, source
+
+
+def scores_to_label(scores: np.ndarray, keys: np.ndarray, margin: float) -> np.ndarray:
+    """(K+1, H, W) scores (channel 0 background) -> (H, W) uint8 VOC label, 255 where unsure."""
+    order = np.sort(scores, axis=0)
+    best = scores.argmax(axis=0)
+    values = np.concatenate([[0], keys.astype(np.int64) + 1])
+    label = values[best].astype(np.uint8)
+    if margin > 0 and len(scores) > 1:
+        label[(order[-1] - order[-2]) < margin] = IGNORE
+    return label
+
+
+class _PseudoLabelJob(Dataset):
+    def __init__(self, ids, cam_dir, src, out_dir, threshold, margin, crf):
+        self.ids, self.cam_dir, self.src, self.out_dir = ids, cam_dir, src, out_dir
+        self.threshold, self.margin, self.crf = threshold, margin, crf
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        arrays = load_npz(cam_file(self.cam_dir, image_id))
+        cams, keys = arrays["cams"], arrays["keys"]
+        background = np.full((1, *cams.shape[1:]), self.threshold, dtype=np.float32)
+        scores = np.concatenate([background, cams], axis=0)
+        out = {"id": image_id, "plain": scores_to_label(scores, keys, self.margin)}
+        save_label_png(self.out_dir / "labels" / f"{image_id}.png", out["plain"])
+        if self.crf is not None:
+            probs = scores / np.maximum(scores.sum(axis=0, keepdims=True), 1e-5)
+            marginals = dense_crf(load_rgb(self.src, image_id), probs, **self.crf)
+            out["crf"] = scores_to_label(marginals, keys, self.margin)
+            save_label_png(self.out_dir / "labels_crf" / f"{image_id}.png", out["crf"])
+        return out
+
+
+def run(ctx: StageContext) -> dict:
+    p, proto = ctx.params, ctx.cfg.protocol
+    make_cam = ctx.input("make_cam")
+    cam_dir = make_cam / read_metrics(make_cam)["cam_dir"]
+    threshold = float(p.threshold) if p.threshold is not None else read_metrics(ctx.input("eval_cam"))["threshold"]
+    crf = OmegaConf.to_container(p.crf_params, resolve=True) if p.crf else None
+    ids = source(ctx, p.split).ids
+    job = _PseudoLabelJob(ids, cam_dir, source(ctx, p.split), ctx.out_dir, threshold, p.ignore_margin, crf)
+    loader = DataLoader(job, batch_size=None, num_workers=p.num_workers)
+
+    evaluated = set(eval_ids(ctx, proto.eval_split))
+    eval_src = source(ctx, proto.eval_split, for_eval=True)
+    n = ctx.cfg.data.num_classes + 1
+    metrics = {"plain": SegmentationMetric(n), "crf": SegmentationMetric(n)}
+    ignored = {"plain": [0, 0], "crf": [0, 0]}
+    for item in tqdm(loader, total=len(job), desc="make_pseudo_labels"):
+        for kind in ("plain", "crf"):
+            if kind not in item:
+                continue
+            ignored[kind][0] += int((item[kind] == IGNORE).sum())
+            ignored[kind][1] += item[kind].size
+            if item["id"] in evaluated:
+                gt = torch.from_numpy(eval_src.load_mask(item["id"]).astype(np.int64))
+                metrics[kind].update(torch.from_numpy(item[kind].astype(np.int64)), gt)
+
+    out: dict = {"threshold": threshold, "ignore_margin": float(p.ignore_margin), "split": p.split,
+                 "num_images": len(ids), "eval_split": proto.eval_split,
+                 "label_dir": "labels_crf" if (p.crf and p.use_crf) else "labels"}
+    for kind, suffix in (("plain", ""), ("crf", "_crf")):
+        if kind == "crf" and crf is None:
+            continue
+        result = metrics[kind].compute()
+        out[f"miou{suffix}"] = float(result["miou"])
+        out[f"per_class_iou{suffix}"] = class_names_iou(result["iou"], ("background", *VOC_CLASSES))
+        out[f"ignored_fraction{suffix}"] = ignored[kind][0] / max(ignored[kind][1], 1)
+    out["includes"] = (f"{read_metrics(make_cam).get('includes', 'CAMs')}; unsure (margin "
+                       f"{p.ignore_margin}) counted as background in mIoU")
+    ctx.log_metrics({k: v for k, v in out.items() if k.startswith("miou")})
+    return out
+
+
+def label_dir(stage_dir: Path) -> Path:
+    """The label directory a finished make_pseudo_labels stage says downstream should use."""
+    return stage_dir / read_metrics(stage_dir)["label_dir"]

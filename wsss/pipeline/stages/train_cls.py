@@ -1,0 +1,22 @@
+"""Stage `train_cls`: fit the classifier method (``cfg.method``) on image-level labels."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+
+from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    p = ctx.params
+    datamodule = ctx.datamodule(
+        mode="classification", train_split=p.split, batch_size=p.batch_size,
+        crop_size=p.crop_size, scale_range=list(p.scale_range),
+    )
+    model = instantiate(ctx.cfg.method)
+    trainer = ctx.trainer(max_epochs=p.max_epochs, **(p.get("trainer") or {}))
+    trainer.fit(model, datamodule=datamodule)
+    if trainer.is_global_zero:
+        save_model(model, ctx.out_dir / MODEL_FILE)
+    metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
+    return {"epochs": p.max_epochs, "split": p.split, **metrics}

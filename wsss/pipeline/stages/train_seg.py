@@ -1,0 +1,25 @@
+"""Stage `train_seg`: fit the segmentation network (DeepLab) on the pseudo-labels."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+
+from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
+from wsss.pipeline.stages.make_pseudo_labels import label_dir
+
+
+def run(ctx: StageContext) -> dict:
+    p = ctx.params
+    labels = label_dir(ctx.input(p.labels_from))
+    datamodule = ctx.datamodule(
+        mode="segmentation", train_split=p.split, label_dir=str(labels), batch_size=p.batch_size,
+        crop_size=p.crop_size, scale_range=list(p.scale_range),
+    )
+    model = instantiate(p.module)
+    trainer = ctx.trainer(max_epochs=p.max_epochs, check_val_every_n_epoch=p.val_every_n_epochs)
+    trainer.fit(model, datamodule=datamodule)
+    if trainer.is_global_zero:
+        save_model(model, ctx.out_dir / MODEL_FILE)
+    metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
+    return {"labels": str(labels), "epochs": p.max_epochs, **metrics,
+            "note": "val_miou here is a training-time monitor on full val; see eval_seg for reported numbers"}
