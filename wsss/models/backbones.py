@@ -9,6 +9,7 @@ ResNets expose ``stem`` (stride 4, after max-pool) and ``layer1``..``layer4``; V
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,6 +17,9 @@ import torchvision
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _RESNETS = {"resnet18": 512, "resnet50": 2048, "resnet101": 2048}
 _IMAGENET_WEIGHTS = {
@@ -153,8 +157,9 @@ def _imagenet_state(name: str) -> dict[str, Tensor]:
 
 
 def build_backbone(
-    name: str, output_stride: int, weights: str | None = None, frozen_stages: int = 0
-) -> ResNetBackbone | VGG16Backbone:
+    name: str, output_stride: int, weights: str | None = None, frozen_stages: int = 0,
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+) -> nn.Module:
     """Build a backbone by name.
 
     Args:
@@ -163,7 +168,15 @@ def build_backbone(
         weights: ``None`` (random init), ``"imagenet"`` (torchvision's release; fails fast offline
             with instructions) or a path to a state dict (``torch.load(weights_only=True)``).
         frozen_stages: number of early stages whose parameters get no gradient.
+        mean, std: input normalisation the weights expect; kept on the module as ``mean``/``std``
+            so data configs can interpolate them (``${backbone.mean}``).
     """
+    model = _build(name, output_stride, weights, frozen_stages)
+    model.mean, model.std = tuple(mean), tuple(std)
+    return model
+
+
+def _build(name: str, output_stride: int, weights: str | None, frozen_stages: int) -> nn.Module:
     if name in _RESNETS:
         model: nn.Module = ResNetBackbone(name, output_stride, frozen_stages)
     elif name == "vgg16":

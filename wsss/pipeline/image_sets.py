@@ -9,6 +9,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from wsss.data.datasets import InferenceDataset
+from wsss.data.transforms import build_eval_transform
 from wsss.data.voc import VOCSource
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.protocol import holdout_ids
@@ -41,18 +42,15 @@ def stage_images(ctx: StageContext, splits: Sequence[str], include_holdout: bool
     if include_holdout:
         ids.update(dict.fromkeys(threshold_ids(ctx)))
     data = ctx.cfg.data.module
-    return InferenceDataset(
-        VOCSource(ctx.data_root(), splits[0], mask_dir=data.mask_dir, ids=list(ids)),
-        mean=list(data.mean), std=list(data.std),
-    )
+    union = VOCSource(ctx.data_root(), splits[0], mask_dir=data.mask_dir, check_images=False)
+    union.ids = list(ids)
+    transform = build_eval_transform(mean=list(data.mean), std=list(data.std))
+    return InferenceDataset(union, transform, with_mask=False)
 
 
 def load_rgb(src: VOCSource, image_id: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image (for the CRF and for visualisation)."""
-    from PIL import Image
-
-    with Image.open(src.image_path(image_id)) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    return np.ascontiguousarray(src.load_image(image_id), dtype=np.uint8)
 
 
 def cam_file(cam_dir: Path, image_id: str) -> Path:

@@ -24,7 +24,8 @@ from wsss.pipeline.image_sets import eval_ids, load_rgb, source, stage_images
 
 def run(ctx: StageContext) -> dict:
     p = ctx.params
-    model = load_model(instantiate(ctx.cfg.stages.train_seg.module), ctx.input("train_seg") / MODEL_FILE)
+    # Any fit stage with a `module` node and a model.pt (train_seg, train_sec, ...) can be evaluated.
+    model = load_model(instantiate(ctx.cfg.stages[p.model_from].module), ctx.input(p.model_from) / MODEL_FILE)
     device = torch.device("cuda" if torch.cuda.is_available() and ctx.cfg.trainer.accelerator != "cpu" else "cpu")
     model.to(device)
     reported = set(eval_ids(ctx, p.split))

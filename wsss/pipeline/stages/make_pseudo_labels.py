@@ -79,11 +79,12 @@ def run(ctx: StageContext) -> dict:
         for kind in ("plain", "crf"):
             if kind not in item:
                 continue
-            ignored[kind][0] += int((item[kind] == IGNORE).sum())
-            ignored[kind][1] += item[kind].size
+            label = torch.as_tensor(item[kind]).long()  # the loader turns arrays into tensors
+            ignored[kind][0] += int((label == IGNORE).sum())
+            ignored[kind][1] += label.numel()
             if item["id"] in evaluated:
                 gt = torch.from_numpy(eval_src.load_mask(item["id"]).astype(np.int64))
-                metrics[kind].update(torch.from_numpy(item[kind].astype(np.int64)), gt)
+                metrics[kind].update(label, gt)
 
     out: dict = {"threshold": threshold, "ignore_margin": float(p.ignore_margin), "split": p.split,
                  "num_images": len(ids), "eval_split": proto.eval_split,
