@@ -86,16 +86,21 @@ class VOCDataModule(L.LightningDataModule):
             if self.mode == "classification":
                 ds: Dataset = ClassificationDataset(src, self.train_transform, self.saliency_dir)
             else:
-                ds = SegmentationDataset(src, self.train_transform, self.label_dir, self.saliency_dir)
+                ds = SegmentationDataset(
+                    src, self.train_transform, self.label_dir, self.saliency_dir
+                )
             self._datasets["train"] = ds
             log.info("train: %s (%s, %d images)", self.train_split, self.mode, len(src))
         if stage in (None, "fit", "validate") and "val" not in self._datasets:
             if self.mode == "classification":
-                side = max(self.crop_size) if isinstance(self.crop_size, Sequence) else self.crop_size
+                side = (
+                    max(self.crop_size) if isinstance(self.crop_size, Sequence) else self.crop_size
+                )
                 tf = build_eval_transform(mean=self.mean, std=self.std, resize_long_side=int(side),
                                           pad_to=self.crop_size)  # fmt: skip
                 self._datasets["val"] = ClassificationDataset(
-                    self.source(self.val_split, self.val_mask_dir), tf, self.saliency_dir)
+                    self.source(self.val_split, self.val_mask_dir), tf, self.saliency_dir
+                )
             else:
                 self._datasets["val"] = self.inference_dataset(self.val_split, with_mask=True)
 
@@ -107,7 +112,9 @@ class VOCDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        return self._loader(self._datasets["train"], self.batch_size, True, drop_last=self.drop_last)
+        return self._loader(
+            self._datasets["train"], self.batch_size, True, drop_last=self.drop_last
+        )
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
@@ -122,7 +129,9 @@ class VOCDataModule(L.LightningDataModule):
         return InferenceDataset(self.source(split, self.val_mask_dir), tf, with_mask,
                                 self.saliency_dir)  # fmt: skip
 
-    def predict_dataloader(self, split: str | None = None, with_mask: bool | None = None) -> DataLoader:
+    def predict_dataloader(
+        self, split: str | None = None, with_mask: bool | None = None
+    ) -> DataLoader:
         """Batch-1 loader of :meth:`inference_dataset` (default split: ``self.predict_split``)."""
         dataset = self.inference_dataset(split or self.predict_split, with_mask)
         return self._loader(dataset, 1, False, collate_fn=collate_single)

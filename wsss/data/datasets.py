@@ -64,7 +64,9 @@ class _VOCDataset(Dataset):
 
 def _check_same_size(name: str, image: np.ndarray, other: np.ndarray, what: str) -> None:
     if other.shape[:2] != image.shape[:2]:
-        raise ValueError(f"{what} of {name} has size {other.shape[:2]}, image has {image.shape[:2]}")
+        raise ValueError(
+            f"{what} of {name} has size {other.shape[:2]}, image has {image.shape[:2]}"
+        )
 
 
 class ClassificationDataset(_VOCDataset):

@@ -175,11 +175,15 @@ def _background(kind: str, h: int, w: int, rng: np.random.Generator) -> tuple[np
         floor = _jitter(rng, (140, 90, 50), 20) * (0.85 + 0.15 * (np.sin(yy * h * 1.3) > 0))
         return np.where(yy < rng.uniform(0.6, 0.85), wall, floor) + 4 * fine, 0
     if kind == "grass":
-        ground = _jitter(rng, (60, 140, 50), 20) * (0.7 + 0.6 * _smooth_noise(rng, h, w, 3)[..., None])
+        ground = _jitter(rng, (60, 140, 50), 20) * (
+            0.7 + 0.6 * _smooth_noise(rng, h, w, 3)[..., None]
+        )
         ground = ground + 12 * fine
     elif kind == "water":
         period = rng.uniform(5, 9) / h
-        waves = np.sin(2 * np.pi * (yy / period + 0.4 * np.sin(2 * np.pi * xx * rng.uniform(2, 5))))
+        waves = np.sin(
+            2 * np.pi * (yy / period + 0.4 * np.sin(2 * np.pi * xx * rng.uniform(2, 5)))
+        )
         ground = _jitter(rng, (30, 90, 150), 20) + 25 * waves + 5 * fine
     elif kind == "rails":
         ground = _jitter(rng, (120, 110, 100), 15) + 18 * fine
@@ -248,7 +252,9 @@ def _place_object(rng: np.random.Generator, scene_inst: np.ndarray, counts: np.n
 def _render_scene(rng: np.random.Generator, w: int, h: int, class_ids: Sequence[int]) -> _Scene:
     styles = [class_style(VOC_CLASSES[c]) for c in class_ids]
     first = int(rng.integers(len(class_ids)))
-    kind_idx = rng.choice(len(BACKGROUNDS), p=np.asarray(styles[first].context) / sum(styles[first].context))
+    kind_idx = rng.choice(
+        len(BACKGROUNDS), p=np.asarray(styles[first].context) / sum(styles[first].context)
+    )
     kind = BACKGROUNDS[kind_idx]
     image, horizon = _background(kind, h, w, rng)
     weights = np.array([s.context[kind_idx] + 0.03 for s in styles])
@@ -342,7 +348,12 @@ def _annotation_xml(name: str, scene: _Scene) -> bytes:
         ET.SubElement(obj, "truncated").text = str(int(trunc))
         ET.SubElement(obj, "difficult").text = str(int(ys.size < 0.02 * h * w))  # tiny = difficult
         box = ET.SubElement(obj, "bndbox")
-        for tag, v in (("xmin", xs.min()), ("ymin", ys.min()), ("xmax", xs.max()), ("ymax", ys.max())):
+        for tag, v in (
+            ("xmin", xs.min()),
+            ("ymin", ys.min()),
+            ("xmax", xs.max()),
+            ("ymax", ys.max()),
+        ):
             ET.SubElement(box, tag).text = str(int(v) + 1)
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8") + b"\n"
@@ -356,7 +367,9 @@ def _config(num_train: int, num_val: int, image_size: Sequence[int], seed: int,
     if unknown or not classes:
         raise ValueError(f"classes must be non-empty VOC class names, got unknown {unknown}")
     if num_train < 1 or num_val < 0 or (num_extra is not None and num_extra < 0):
-        raise ValueError(f"need num_train >= 1, num_val/num_extra >= 0, got {num_train}, {num_val}")
+        raise ValueError(
+            f"need num_train >= 1, num_val/num_extra >= 0, got {num_train}, {num_val}"
+        )
     extra = num_train // 3 if num_extra is None else num_extra
     return {"format_version": FORMAT_VERSION, "seed": int(seed), "num_train": int(num_train),
             "num_val": int(num_val), "num_extra": int(extra),
@@ -369,7 +382,8 @@ def _check_foreign(root: Path) -> None:
     if root.is_dir() and not ours and any(root.iterdir()):
         raise FileExistsError(
             f"{root} exists, is non-empty and has no {MARKER} marker: refusing to write a "
-            "synthetic dataset over what may be real data; pass an empty or new directory")
+            "synthetic dataset over what may be real data; pass an empty or new directory"
+        )
 
 
 def _write_image(root: Path, name: str, rng: np.random.Generator, w: int, h: int,
@@ -394,7 +408,9 @@ def _write_image(root: Path, name: str, rng: np.random.Generator, w: int, h: int
     save_label_png(root / "SegmentationClassAug" / f"{name}.png", aug, palette=False)
     if official:  # SBD-only images have no official VOC mask
         save_label_png(root / "SegmentationClass" / f"{name}.png", voc, palette=True)
-    save_label_png(root / "SALImages" / f"{name}.png", _saliency(rng, scene.instances), palette=False)
+    save_label_png(
+        root / "SALImages" / f"{name}.png", _saliency(rng, scene.instances), palette=False
+    )
 
 
 def generate_voc(root: Path, num_train: int, num_val: int,
@@ -464,7 +480,9 @@ def ensure_synthetic_voc(root: Path, num_train: int, num_val: int,
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point ``wsss-make-synthetic``."""
     parser = argparse.ArgumentParser(description="Generate a synthetic PASCAL VOC 2012 tree.")
-    parser.add_argument("--root", type=Path, required=True, help="output (plays VOCdevkit/VOC2012)")
+    parser.add_argument(
+        "--root", type=Path, required=True, help="output (plays VOCdevkit/VOC2012)"
+    )
     parser.add_argument("--num-train", type=int, default=300)
     parser.add_argument("--num-val", type=int, default=100)
     parser.add_argument("--num-extra", type=int, default=None, help="SBD-only train_aug images")

@@ -56,6 +56,13 @@ class RandomRescale(v2.Transform):
         return {"size": [max(1, round(h * scale)), max(1, round(w * scale))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            # NEAREST_EXACT samples pixel centres like the image's bilinear resize; v2's default
+            # NEAREST shifts masks by up to half an input pixel (visible when upscaling).
+            data = inpt.as_subclass(torch.Tensor)
+            out = F.resize_image(data[None] if data.ndim == 2 else data, params["size"],
+                                 interpolation=v2.InterpolationMode.NEAREST_EXACT)  # fmt: skip
+            return tv_tensors.wrap(out[0] if data.ndim == 2 else out, like=inpt)
         return self._call_kernel(F.resize, inpt, params["size"], antialias=True)
 
     # torchvision < 0.21 calls the private names
@@ -76,7 +83,13 @@ class PadTo(v2.Transform):
         return {"padding": [0, 0, max(0, self.size[1] - w), max(0, self.size[0] - h)]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        fill = 0 if isinstance(inpt, SaliencyMap) else IGNORE if isinstance(inpt, tv_tensors.Mask) else 0
+        fill = (
+            0
+            if isinstance(inpt, SaliencyMap)
+            else IGNORE
+            if isinstance(inpt, tv_tensors.Mask)
+            else 0
+        )
         return self._call_kernel(F.pad, inpt, params["padding"], fill=fill)
 
     _get_params = make_params

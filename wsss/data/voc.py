@@ -117,7 +117,9 @@ class VOCSource:
     def image_path(self, name: str) -> Path:
         path = self.root / "JPEGImages" / f"{name}.jpg"
         if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path} (listed in {self.split_file}); {LAYOUT}")
+            raise FileNotFoundError(
+                f"image not found: {path} (listed in {self.split_file}); {LAYOUT}"
+            )
         return path
 
     def has_mask(self, name: str) -> bool:
@@ -128,7 +130,9 @@ class VOCSource:
         for d in self.mask_dirs:
             if (d / f"{name}.png").is_file():
                 return d / f"{name}.png"
-        tried = ", ".join(str(d / f"{name}.png") for d in self.mask_dirs) or "no mask folder exists"
+        tried = (
+            ", ".join(str(d / f"{name}.png") for d in self.mask_dirs) or "no mask folder exists"
+        )
         raise FileNotFoundError(f"GT mask for {name} not found (tried {tried}); {LAYOUT}")
 
     def annotation_path(self, name: str) -> Path:
@@ -153,12 +157,15 @@ class VOCSource:
                 self._labels[name] = multi_hot_from_mask(self.load_mask(name), self.num_classes)
             else:
                 raise FileNotFoundError(
-                    f"no labels for {name}: neither {xml} nor a GT mask exists; {LAYOUT}")
+                    f"no labels for {name}: neither {xml} nor a GT mask exists; {LAYOUT}"
+                )
         return self._labels[name].copy()
 
     def label_matrix(self) -> np.ndarray:
         """(N, 20) float32 labels of every id in split order."""
-        return np.stack([self.labels(name) for name in self.ids]) if self.ids else np.zeros((0, 20))
+        return (
+            np.stack([self.labels(name) for name in self.ids]) if self.ids else np.zeros((0, 20))
+        )
 
 
 def parse_voc_xml(path: Path, class_names: Sequence[str] = VOC_CLASSES) -> np.ndarray:
@@ -171,6 +178,8 @@ def parse_voc_xml(path: Path, class_names: Sequence[str] = VOC_CLASSES) -> np.nd
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in class_names:
-            raise ValueError(f"{path}: object name {name!r} is not a VOC class {tuple(class_names)}")
+            raise ValueError(
+                f"{path}: object name {name!r} is not a VOC class {tuple(class_names)}"
+            )
         out[class_names.index(name)] = 1.0
     return out
