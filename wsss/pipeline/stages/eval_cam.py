@@ -14,12 +14,14 @@ import torch
 from tqdm import tqdm
 
 from wsss.data.labels import VOC_CLASSES
+from wsss.functional.cam import cams_to_label
 from wsss.io import load_npz
 from wsss.metrics.cam_threshold import ThresholdSweep
 from wsss.metrics.segmentation import class_names_iou, scores_from_confusion
 from wsss.pipeline.context import StageContext, read_metrics
-from wsss.pipeline.image_sets import cam_file, eval_ids, source, threshold_ids
+from wsss.pipeline.image_sets import cam_file, eval_ids, load_rgb, source, threshold_ids
 from wsss.pipeline.protocol import check_threshold_mode
+from wsss.pipeline.visualize import cam_panel, publish
 
 log = logging.getLogger(__name__)
 
@@ -69,4 +71,18 @@ def run(ctx: StageContext) -> dict:
         includes=read_metrics(make_cam).get("includes", ""),
     )
     ctx.log_metrics({"miou": out["miou"], "threshold": out["threshold"]})
+    _examples(ctx, cam_dir, eval_ids(ctx, proto.eval_split)[: p.num_examples], out["threshold"])
     return out
+
+
+def _examples(ctx: StageContext, cam_dir, ids: list[str], threshold: float) -> None:
+    """image | CAM overlay | CAM label at the chosen threshold | GT, for a few images."""
+    src = source(ctx, ctx.cfg.protocol.eval_split, for_eval=True)
+    panels = []
+    for image_id in ids:
+        arrays = load_npz(cam_file(cam_dir, image_id))
+        cams = torch.from_numpy(arrays["cams"])
+        label = cams_to_label(cams, torch.from_numpy(arrays["keys"]), threshold).numpy().astype(np.uint8)
+        panels.append((image_id, cam_panel(load_rgb(src, image_id), arrays["cams"], label,
+                                           src.load_mask(image_id))))
+    publish(panels, ctx.out_dir / "examples", "eval_cam/examples", ctx.loggers)

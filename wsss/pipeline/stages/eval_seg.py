@@ -20,6 +20,7 @@ from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model
 from wsss.pipeline.image_sets import eval_ids, load_rgb, source, stage_images
+from wsss.pipeline.visualize import cam_panel, publish
 
 
 def run(ctx: StageContext) -> dict:
@@ -36,6 +37,7 @@ def run(ctx: StageContext) -> dict:
     kinds = ["single", "full"] + (["ms"] if multi else []) + (["crf"] if p.crf else [])
     metrics = {kind: SegmentationMetric(n) for kind in kinds}
     crf_params = OmegaConf.to_container(p.crf_params, resolve=True)
+    panels: list = []
     for index in tqdm(range(len(dataset)), desc="eval_seg"):
         item = dataset[index]
         name, image = item["name"], item["image"][None].to(device)
@@ -52,8 +54,12 @@ def run(ctx: StageContext) -> dict:
         if name in reported:
             for kind, pred in preds.items():
                 metrics[kind].update(pred, gt)
-        final = preds["crf" if p.crf else ("ms" if multi else "single")]
-        save_label_png(ctx.out_dir / "predictions" / f"{name}.png", final.numpy().astype(np.uint8))
+        final = preds["crf" if p.crf else ("ms" if multi else "single")].numpy().astype(np.uint8)
+        save_label_png(ctx.out_dir / "predictions" / f"{name}.png", final)
+        if len(panels) < p.num_examples and name in reported:
+            panels.append((name, cam_panel(load_rgb(gt_src, name), np.zeros((0,)), final,
+                                           gt.numpy().astype(np.uint8))))
+    publish(panels, ctx.out_dir / "examples", "eval_seg/examples", ctx.loggers)
 
     names = ("background", *VOC_CLASSES)
     results = {kind: metric.compute() for kind, metric in metrics.items()}

@@ -24,5 +24,6 @@ def run(ctx: StageContext) -> dict:
     cam_dir = ctx.out_dir / "cams"
     trainer = ctx.trainer(callbacks=[CAMWriter(cam_dir)], logger=False)
     trainer.predict(CAMInference(classifier, p.scales, p.flip), loader, return_predictions=False)
+    includes = f"CAMs at scales {list(p.scales)}" + (" + flip" if p.flip else " (no flip)") + ", no CRF"
     return {"num_images": len(dataset), "scales": list(p.scales), "flip": bool(p.flip),
-            "splits": list(p.splits), "cam_dir": "cams"}
+            "splits": list(p.splits), "cam_dir": "cams", "includes": includes}
