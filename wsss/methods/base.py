@@ -35,7 +35,7 @@ class WSSSModule(L.LightningModule):
     def new_parameters(self) -> Iterable[nn.Parameter]:
         raise NotImplementedError
 
-    def configure_optimizers(self):  # noqa: ANN201 - Lightning's union type
+    def configure_optimizers(self):
         groups = []
         for params, mult in ((self.pretrained_parameters(), 1.0), (self.new_parameters(), self.new_lr_mult)):
             params = [p for p in params if p.requires_grad]

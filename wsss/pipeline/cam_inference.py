@@ -46,7 +46,7 @@ class CAMWriter(BasePredictionWriter):
         self.out_dir = Path(out_dir)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx=0) -> None:  # noqa: ANN001 - Lightning's signature
+                           dataloader_idx=0) -> None:
         for item in prediction:
             save_npz(self.out_dir / f"{item['name']}.npz",
                      keys=item["keys"].numpy().astype(np.int64),

@@ -69,9 +69,12 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         start = time.perf_counter()
         try:
             metrics = get_method(cfg.stages[name]["_target_"])(ctx)
+            metrics["seconds"] = round(time.perf_counter() - start, 1)
+            # Every scalar a stage reports also reaches its loggers (CSV / W&B summary).
+            ctx.log_metrics({k: v for k, v in metrics.items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         finally:
             _close(ctx.loggers)
-        metrics["seconds"] = round(time.perf_counter() - start, 1)
         if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
             finish_stage(ctx, metrics)
         results[name] = metrics

@@ -70,7 +70,6 @@ def run(ctx: StageContext) -> dict:
         oracle_threshold_on_eval=float(oracle_t), oracle_miou_on_eval=float(oracle_miou),
         includes=read_metrics(make_cam).get("includes", ""),
     )
-    ctx.log_metrics({"miou": out["miou"], "threshold": out["threshold"]})
     _examples(ctx, cam_dir, eval_ids(ctx, proto.eval_split)[: p.num_examples], out["threshold"])
     return out
 

@@ -73,5 +73,4 @@ def run(ctx: StageContext) -> dict:
         out["miou_crf"] = float(results["crf"]["miou"])
         out["per_class_iou_crf"] = class_names_iou(results["crf"]["iou"], names)
     out["predictions"] = "predictions (" + ("CRF" if p.crf else "ms" if multi else "single-scale") + ")"
-    ctx.log_metrics({k: v for k, v in out.items() if k.startswith("miou")})
     return out

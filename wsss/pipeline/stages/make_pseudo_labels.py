@@ -98,7 +98,6 @@ def run(ctx: StageContext) -> dict:
         out[f"ignored_fraction{suffix}"] = ignored[kind][0] / max(ignored[kind][1], 1)
     out["includes"] = (f"{read_metrics(make_cam).get('includes', 'CAMs')}; unsure (margin "
                        f"{p.ignore_margin}) counted as background in mIoU")
-    ctx.log_metrics({k: v for k, v in out.items() if k.startswith("miou")})
     return out
 
 
