@@ -30,7 +30,7 @@ def test_synthetic_defaults_switch_to_real_voc_defaults_with_data_root() -> None
     synthetic = compose_cfg(tiny=False)
     real = compose_cfg(["data.root=/data/VOCdevkit/VOC2012", "backbone=resnet50"], tiny=False)
     assert synthetic.backbone.weights is None and real.backbone.weights == "imagenet"
-    assert synthetic.stages.train_cls.crop_size == 128
+    assert synthetic.stages.train_cls.crop_size == 112
     assert real.stages.train_cls.crop_size == 512
     assert list(real.stages.train_cls.scale_range) == [0.5, 1.5]
     assert real.method.backbone.name == "resnet50"

@@ -1,0 +1,73 @@
+"""Iterative self-training after the CAM chain, on a tiny generated tree."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from wsss.io import load_label_png, read_json
+from wsss.pipeline.runner import run_pipeline
+
+STAGES = ["train_cls", "make_cam", "eval_cam", "make_pseudo_labels", "self_train", "eval_seg"]
+TINY_ITER = [
+    "pipeline=iterative",
+    "stages.self_train.rounds=2",
+    "stages.self_train.max_epochs=1",
+    "stages.self_train.crop_size=48",
+    "stages.self_train.num_workers=0",
+    "stages.self_train.crf=true",
+    "stages.self_train.crf_params.n_iter=2",
+    "stages.self_train.confidence=0.3",
+    "stages.self_train.superpixel_params.n_segments=30",
+    "stages.eval_seg.num_examples=0",
+    "stages.eval_seg.crf=false",
+]
+
+
+def _in_unit(value: float) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+@pytest.mark.slow
+def test_iterative_rounds_write_labels_models_and_per_round_metrics(tiny_cfg, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    results = run_pipeline(tiny_cfg(*TINY_ITER), run_dir)
+    assert list(results) == STAGES
+    st = results["self_train"]
+    stage_dir = run_dir / "stages/self_train"
+    assert json.loads((stage_dir / "metrics.json").read_text())["stage"] == "self_train"
+    assert st["rounds"] == 2 and len(st["round_metrics"]) == 2
+    for k in range(2):
+        round_dir = stage_dir / f"round_{k}"
+        assert (round_dir / "model.pt").is_file()
+        assert read_json(round_dir / "metrics.json")["round"] == k
+        for key in ("pseudo_miou", "pred_miou", "refined_miou", "val_miou"):
+            assert _in_unit(st[f"{key}_round_{k}"]), (key, k)
+        labels = sorted((round_dir / "labels").glob("*.png"))
+        assert len(labels) == results["make_pseudo_labels"]["num_images"]
+        assert set(np.unique(load_label_png(labels[0])).tolist()) <= set(range(21)) | {255}
+        assert 0.0 <= st["round_metrics"][k]["ignored_fraction"] <= 1.0
+    # Round 0 trains on make_pseudo_labels' output, round 1 on round 0's refined predictions.
+    assert st["pseudo_miou_round_0"] == pytest.approx(results["make_pseudo_labels"]["miou_crf"], abs=1e-6)
+    assert st["pseudo_miou_round_1"] == pytest.approx(st["refined_miou_round_0"], abs=1e-6)
+    assert st["round_metrics"][1]["train_labels"].endswith("round_0/labels")
+    assert (stage_dir / "model.pt").is_file() and 0 <= st["best_round"] < 2
+    assert _in_unit(results["eval_seg"]["miou"])
+
+    # Rerun in the same run dir with one more round: rounds 0-1 are reused, only round 2 trains.
+    model_time = (stage_dir / "round_0/model.pt").stat().st_mtime_ns
+    more = tiny_cfg(*TINY_ITER, "stages.self_train.rounds=3", "pipeline.only=[self_train]",
+                    "pipeline.skip_done=false")
+    again = run_pipeline(more, run_dir)["self_train"]
+    assert again["rounds"] == 3 and "val_miou_round_2" in again
+    assert again["val_miou_round_0"] == st["val_miou_round_0"]
+    assert (stage_dir / "round_0/model.pt").stat().st_mtime_ns == model_time
+    assert (stage_dir / "round_2/model.pt").is_file()
+
+
+def test_zero_rounds_is_rejected(tiny_cfg, tmp_path) -> None:
+    cfg = tiny_cfg(*TINY_ITER, "stages.self_train.rounds=0", "pipeline.only=[self_train]")
+    with pytest.raises(ValueError, match="rounds"):
+        run_pipeline(cfg, tmp_path / "x")

@@ -1,0 +1,164 @@
+"""Stage `make_cues`: SEC localisation cues (CAM foreground + low-saliency background) per image.
+
+For every image of ``split`` the max-normalised CAMs of ``make_cam`` are brought to the cue grid
+(SEC: 41 x 41, the output of its stride-8 network on a 321 x 321 warp) by area averaging, and
+:func:`wsss.functional.sec.localization_cues` applies SEC's rules: a class claims pixels above
+``fg_fraction`` x its max (null: the threshold ``eval_cam`` chose), the ``bg_fraction`` least salient pixels are background, and a pixel
+claimed by background and foreground gets no cue. Saliency is either the gradient saliency of
+the ``train_cls`` classifier on the warped image (SEC's background network) or a saliency PNG
+per image (``<root>/<saliency_dir>/<id>.png``; the synthetic generator writes ``SALImages``).
+
+Writes ``cues/<id>.png`` (grid-sized label map, 0 background, c + 1 class c, 255 no cue) and
+reports cue coverage and precision against GT (on the grid, nearest-resized) for the images of
+``protocol.eval_split`` that have GT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wsss.data.voc import VOCSource
+from wsss.functional.sec import (
+    cue_statistics,
+    cues_to_label_map,
+    gradient_saliency,
+    localization_cues,
+)
+from wsss.io import load_npz, save_label_png
+from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, read_metrics
+from wsss.pipeline.image_sets import cam_file, eval_ids, source
+
+SALIENCY_MODES = ("gradient", "png")
+CUE_DIR = "cues"
+
+
+def _area(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) float -> (C, h, w) by area averaging (the grid cell's mean)."""
+    return F.interpolate(x[None].float(), size=size, mode="area")[0] if x.shape[0] else x.new_zeros(0, *size)
+
+
+class _CueInputs(Dataset):
+    """Per image: CAMs on the grid, keys, and the saliency on the grid or the warped image."""
+
+    def __init__(self, ids: list[str], src: VOCSource, cam_dir: Path, grid: int, mode: str,
+                 saliency_dir: Path | None, input_size: int, mean, std) -> None:  # fmt: skip
+        self.ids, self.src, self.cam_dir, self.grid, self.mode = ids, src, cam_dir, (grid, grid), mode
+        self.saliency_dir, self.input_size = saliency_dir, input_size
+        self.mean = torch.tensor(list(mean)).view(3, 1, 1)
+        self.std = torch.tensor(list(std)).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.ids[index]
+        arrays = load_npz(cam_file(self.cam_dir, name))
+        for key in ("cams", "keys"):
+            if key not in arrays:
+                raise KeyError(f"{cam_file(self.cam_dir, name)} has no array {key!r} (keys: {sorted(arrays)})")
+        cams = torch.from_numpy(arrays["cams"])
+        out = {"name": name, "keys": torch.from_numpy(arrays["keys"]).long(), "cams": _area(cams, self.grid)}
+        if self.mode == "png":
+            path = self.saliency_dir / f"{name}.png"
+            if not path.is_file():
+                raise FileNotFoundError(f"saliency map not found: {path} (make_cues.saliency=png)")
+            with Image.open(path) as image:
+                sal = torch.from_numpy(np.array(image.convert("L"), dtype=np.float32) / 255.0)
+            out["saliency"] = _area(sal[None], self.grid)[0]
+        else:  # the classifier sees the image warped to the SEC input size, as in SEC's notebook
+            rgb = torch.from_numpy(self.src.load_image(name)).permute(2, 0, 1).float().div(255.0)
+            size = (self.input_size, self.input_size)
+            warped = F.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False)[0]
+            out["image"] = (warped - self.mean) / self.std
+        return out
+
+
+def _saliency_dir(root: Path, directory: str) -> Path:
+    path = Path(directory)
+    path = path if path.is_absolute() else root / path
+    if not path.is_dir():
+        raise FileNotFoundError(f"saliency directory not found: {path} (make_cues.saliency_dir); "
+                                "use make_cues.saliency=gradient when the dataset has no saliency maps")
+    return path
+
+
+def _kind_stats(cues: torch.Tensor, gt: torch.Tensor, keep_bg: bool) -> dict:
+    part = cues.clone()
+    if keep_bg:
+        part[1:] = 0
+    else:
+        part[0] = 0
+    return cue_statistics(part, gt)
+
+
+def run(ctx: StageContext) -> dict:
+    p, proto = ctx.params, ctx.cfg.protocol
+    if p.saliency not in SALIENCY_MODES:
+        raise ValueError(f"make_cues.saliency must be one of {SALIENCY_MODES}, got {p.saliency!r}")
+    make_cam = ctx.input("make_cam")
+    cam_dir = make_cam / read_metrics(make_cam)["cam_dir"]
+    # null = the CAM threshold eval_cam chose on the held-out subset (weak CAMs are diffuse)
+    fg_fraction = float(p.fg_fraction) if p.fg_fraction is not None else read_metrics(ctx.input("eval_cam"))["threshold"]
+    src = source(ctx, p.split)
+    sal_dir = _saliency_dir(src.root, p.saliency_dir) if p.saliency == "png" else None
+    data = ctx.cfg.data.module
+    job = _CueInputs(src.ids, src, cam_dir, int(p.grid_size), p.saliency, sal_dir, int(p.input_size),
+                     data.mean, data.std)  # fmt: skip
+    classifier, device = None, torch.device("cpu")
+    if p.saliency == "gradient":
+        classifier = load_model(instantiate(ctx.cfg.method), ctx.input("train_cls") / MODEL_FILE)
+        if torch.cuda.is_available() and ctx.cfg.trainer.accelerator != "cpu":
+            device = torch.device("cuda")
+        classifier.to(device)
+
+    evaluated = set(eval_ids(ctx, proto.eval_split))
+    gt_src = source(ctx, proto.eval_split, for_eval=True)
+    n_fg = int(ctx.cfg.data.num_classes)
+    totals = {kind: np.zeros(4, dtype=np.int64) for kind in ("all", "bg", "fg")}
+    count_keys = ("pixels", "cue_pixels", "valid_cue_pixels", "correct_cue_pixels")
+    covered = np.zeros(2, dtype=np.int64)  # cue pixels, pixels over every image of the split
+    n_evaluated = 0
+    loader = DataLoader(job, batch_size=None, num_workers=int(p.num_workers))
+    for item in tqdm(loader, total=len(job), desc="make_cues"):
+        name = item["name"]
+        if classifier is not None:
+            sal = gradient_saliency(classifier, item["image"][None].to(device)).cpu()
+            saliency = _area(sal[None], job.grid)[0]
+        else:
+            saliency = item["saliency"]
+        cues = localization_cues(item["cams"], item["keys"], saliency, fg_fraction,
+                                 float(p.bg_fraction), n_fg)  # fmt: skip
+        save_label_png(ctx.out_dir / CUE_DIR / f"{name}.png", cues_to_label_map(cues).numpy())
+        covered += (int(cues.amax(0).sum()), cues[0].numel())
+        if name in evaluated and gt_src.has_mask(name):
+            gt = torch.from_numpy(gt_src.load_mask(name).astype(np.int64))[None, None].float()
+            gt = F.interpolate(gt, size=job.grid, mode="nearest")[0, 0].long()
+            n_evaluated += 1
+            for kind, stats in (("all", cue_statistics(cues, gt)), ("bg", _kind_stats(cues, gt, True)),
+                                ("fg", _kind_stats(cues, gt, False))):  # fmt: skip
+                totals[kind] += [stats[k] for k in count_keys]
+
+    def ratio(a: int, b: int) -> float:
+        return float(a) / b if b else float("nan")
+
+    out: dict = {"split": p.split, "num_images": len(src.ids), "grid_size": int(p.grid_size),
+                 "saliency": p.saliency, "fg_fraction": fg_fraction,
+                 "bg_fraction": float(p.bg_fraction), "cue_dir": CUE_DIR,
+                 "eval_split": proto.eval_split, "num_evaluated": n_evaluated,
+                 "coverage_split": ratio(*covered)}  # fmt: skip
+    for kind, prefix in (("all", "cue"), ("bg", "cue_bg"), ("fg", "cue_fg")):
+        pixels, cue_pixels, valid, correct = (int(v) for v in totals[kind])
+        out[f"{prefix}_coverage"] = ratio(cue_pixels, pixels)
+        out[f"{prefix}_precision"] = ratio(correct, valid)
+    out["includes"] = (f"{read_metrics(make_cam).get('includes', 'CAMs')}; SEC cues ({p.saliency} saliency), "
+                       f"coverage/precision on the {int(p.grid_size)}x{int(p.grid_size)} grid")
+    ctx.log_metrics({k: v for k, v in out.items() if k.startswith("cue_") and isinstance(v, float)})
+    return out

@@ -1,0 +1,223 @@
+"""Stage `self_train`: iterative self-training of the segmentation network (MCOF-style rounds).
+
+Round 0 trains ``module`` on the labels of ``labels_from`` (any CAM method's pseudo-labels).
+After each round the network predicts the training split; predictions are restricted to the
+image's classes, optionally refined (dense CRF, confidence threshold, SLIC superpixel majority
+vote) and become the labels of the next round. Everything of round k lives in ``round_<k>/``
+(``labels/``, ``model.pt``, ``metrics.json``); the last round's weights are also ``model.pt`` of
+the stage so ``eval_seg`` (``model_from: self_train``) can evaluate them.
+
+Per round the metrics show whether rounds help: ``pseudo_miou`` (labels trained on, eval split),
+``pred_miou`` / ``refined_miou`` (this round's raw / refined predictions on the eval split,
+i.e. the next round's labels) and ``val_miou`` (single-scale, val minus the held-out subset).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from wsss.data.datasets import collate_single
+from wsss.data.labels import IGNORE
+from wsss.functional.crf import dense_crf
+from wsss.functional.refine import confident_label, superpixel_refine
+from wsss.functional.segmentation import multiscale_probs
+from wsss.io import load_label_png, read_json, save_label_png, write_json
+from wsss.metrics.segmentation import SegmentationMetric
+from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
+from wsss.pipeline.image_sets import eval_ids, source, stage_images
+from wsss.pipeline.stages.make_pseudo_labels import label_dir
+
+log = logging.getLogger(__name__)
+
+
+def refine_prediction(image: np.ndarray, probs: np.ndarray, values: np.ndarray, confidence: float,
+                      crf: dict | None, superpixel: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 image, (K, H, W) probs of the mask values ``values`` -> (raw, refined) labels.
+
+    Order: dense CRF on the probabilities, confidence threshold (255 below), superpixel vote.
+    """
+    raw = values[probs.argmax(0)].astype(np.uint8)
+    if crf is not None:
+        probs = dense_crf(image, probs, **crf)
+    compact = confident_label(torch.from_numpy(probs), confidence).numpy()
+    refined = np.where(compact == IGNORE, IGNORE, values[np.minimum(compact, len(values) - 1)]).astype(np.uint8)
+    if superpixel is not None:
+        refined = superpixel_refine(image, refined, **superpixel)
+    return raw, refined
+
+
+class _Refiner:
+    """Runs :func:`refine_prediction` serially or in a bounded-window process pool (CPU work)."""
+
+    def __init__(self, workers: int, window: int = 16) -> None:
+        self.pool: Executor | None = None
+        if workers > 0:
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.window = max(window, 2 * workers)
+        self.pending: deque[tuple[str, Future | tuple]] = deque()
+
+    def submit(self, name: str, *args) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+        self.pending.append((name, self.pool.submit(refine_prediction, *args) if self.pool else
+                             refine_prediction(*args)))  # fmt: skip
+        while len(self.pending) > (self.window if self.pool else 0):
+            yield self._pop()
+
+    def drain(self) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+        while self.pending:
+            yield self._pop()
+
+    def _pop(self) -> tuple[str, tuple[np.ndarray, np.ndarray]]:
+        name, result = self.pending.popleft()
+        return name, result.result() if isinstance(result, Future) else result
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _device(ctx: StageContext) -> torch.device:
+    gpu = torch.cuda.is_available() and ctx.cfg.trainer.accelerator != "cpu"
+    return torch.device("cuda" if gpu else "cpu")
+
+
+def _loader(ctx: StageContext, split: str) -> DataLoader:
+    dataset = stage_images(ctx, [split], include_holdout=False)
+    return DataLoader(dataset, batch_size=1, num_workers=int(ctx.cfg.data.module.num_workers),
+                      collate_fn=collate_single)  # fmt: skip
+
+
+def label_miou(ctx: StageContext, labels: Path, ids: list[str]) -> float:
+    """mIoU of the label PNGs in ``labels`` over ``ids`` (255 counted as background, as elsewhere)."""
+    gt_src = source(ctx, ctx.cfg.protocol.eval_split, for_eval=True)
+    metric = SegmentationMetric(ctx.cfg.data.num_classes + 1)
+    for name in ids:
+        label = torch.from_numpy(load_label_png(labels / f"{name}.png").astype(np.int64))
+        metric.update(torch.where(label == IGNORE, 0, label), torch.from_numpy(gt_src.load_mask(name).astype(np.int64)))
+    return float(metric.compute()["miou"])
+
+
+@torch.no_grad()
+def val_miou(ctx: StageContext, model: torch.nn.Module, split: str) -> float:
+    """Single-scale mIoU on ``split`` minus the held-out threshold images (eval_seg's ``miou``)."""
+    reported, gt_src = set(eval_ids(ctx, split)), source(ctx, split, for_eval=True)
+    metric, device = SegmentationMetric(ctx.cfg.data.num_classes + 1), _device(ctx)
+    for batch in tqdm(_loader(ctx, split), desc=f"self_train[{split}]", leave=False):
+        name = batch["name"][0]
+        if name in reported:
+            pred = multiscale_probs(model, batch["image"].to(device)).argmax(0).cpu()
+            metric.update(pred, torch.from_numpy(gt_src.load_mask(name).astype(np.int64)))
+    return float(metric.compute()["miou"])
+
+
+@torch.no_grad()
+def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, evaluated: set[str]) -> dict:
+    """Predict the training split, refine, write ``out_dir/<id>.png``; mIoU of raw and refined."""
+    p, device = ctx.params, _device(ctx)
+    crf = OmegaConf.to_container(p.crf_params, resolve=True) if p.crf else None
+    sp = OmegaConf.to_container(p.superpixel_params, resolve=True) if p.superpixel else None
+    gt_src = source(ctx, ctx.cfg.protocol.eval_split, for_eval=True)
+    n = ctx.cfg.data.num_classes + 1
+    metrics = {"pred": SegmentationMetric(n), "refined": SegmentationMetric(n)}
+    ignored = [0, 0]
+    refiner = _Refiner(int(p.num_workers))
+
+    def consume(results: Iterator) -> None:
+        for name, (raw, refined) in results:
+            save_label_png(out_dir / f"{name}.png", refined)
+            ignored[0] += int((refined == IGNORE).sum())
+            ignored[1] += refined.size
+            if name in evaluated:
+                gt = torch.from_numpy(gt_src.load_mask(name).astype(np.int64))
+                metrics["pred"].update(torch.from_numpy(raw.astype(np.int64)), gt)
+                refined_t = torch.from_numpy(refined.astype(np.int64))
+                metrics["refined"].update(torch.where(refined_t == IGNORE, 0, refined_t), gt)
+
+    try:
+        for batch in tqdm(_loader(ctx, p.split), desc="self_train[predict]", leave=False):
+            probs = multiscale_probs(model, batch["image"].to(device), p.scales, p.flip).cpu()
+            values = np.arange(n)
+            if p.restrict_to_labels:  # image labels are known on the training split
+                values = np.concatenate([[0], np.flatnonzero(batch["labels"][0].numpy() > 0.5) + 1])
+            sub = probs[torch.from_numpy(values)].numpy()
+            sub = sub / np.maximum(sub.sum(0, keepdims=True), 1e-8)
+            consume(refiner.submit(batch["name"][0], batch["raw"][0].numpy(), sub, values,
+                                   float(p.confidence), crf, sp))  # fmt: skip
+        consume(refiner.drain())
+    finally:
+        refiner.close()
+    return {"pred_miou": float(metrics["pred"].compute()["miou"]),
+            "refined_miou": float(metrics["refined"].compute()["miou"]),
+            "ignored_fraction": ignored[0] / max(ignored[1], 1)}
+
+
+def train_round(ctx: StageContext, labels: Path, model: torch.nn.Module) -> torch.nn.Module:
+    p = ctx.params
+    datamodule = ctx.datamodule(mode="segmentation", train_split=p.split, label_dir=str(labels),
+                                batch_size=p.batch_size, crop_size=p.crop_size,
+                                scale_range=list(p.scale_range))  # fmt: skip
+    trainer = ctx.trainer(max_epochs=int(p.max_epochs), limit_val_batches=0, logger=False)
+    trainer.fit(model, datamodule=datamodule)
+    return model
+
+
+def run(ctx: StageContext) -> dict:
+    p, proto = ctx.params, ctx.cfg.protocol
+    if int(p.rounds) < 1:
+        raise ValueError(f"self_train.rounds must be >= 1, got {p.rounds}")
+    labels = label_dir(ctx.input(p.labels_from))
+    split_ids = set(source(ctx, p.split).ids)
+    evaluated = set(eval_ids(ctx, proto.eval_split)) & split_ids
+    eval_list = sorted(evaluated)
+    model, per_round = None, []
+    for k in range(int(p.rounds)):
+        round_dir = ctx.out_dir / f"round_{k}"
+        done = round_dir / "metrics.json"
+        if p.resume and done.is_file() and (round_dir / MODEL_FILE).is_file():
+            log.info("self_train: reusing finished round %d", k)
+            model = load_model(instantiate(p.module), round_dir / MODEL_FILE)
+            per_round.append(read_json(done))
+            labels = round_dir / "labels"
+            continue
+        metrics: dict = {"round": k, "train_labels": str(labels),
+                         "pseudo_miou": label_miou(ctx, labels, eval_list)}  # fmt: skip
+        if model is None or p.reinit:
+            model = instantiate(p.module)
+        model = train_round(ctx, labels, model.train())
+        save_model(model, round_dir / MODEL_FILE)
+        model.eval().to(_device(ctx))
+        metrics["val_miou"] = val_miou(ctx, model, ctx.cfg.data.module.val_split)
+        if k + 1 < int(p.rounds) or p.predict_last:
+            metrics.update(predict_labels(ctx, model, round_dir / "labels", evaluated))
+            labels = round_dir / "labels"
+        write_json(done, metrics)
+        per_round.append(metrics)
+        ctx.log_metrics({key: v for key, v in metrics.items() if key.endswith("miou")}, step=k)
+        log.info("self_train round %d: %s", k, {key: v for key, v in metrics.items() if key.endswith("miou")})
+        model.cpu()
+    save_model(model, ctx.out_dir / MODEL_FILE)
+
+    out: dict = {"rounds": int(p.rounds), "labels_from": p.labels_from, "split": p.split,
+                 "eval_split": proto.eval_split, "round_metrics": per_round,
+                 "refinement": f"crf={bool(p.crf)}, confidence={float(p.confidence)}, "
+                               f"superpixel={bool(p.superpixel)}, restrict_to_labels={bool(p.restrict_to_labels)}"}
+    for m in per_round:
+        for key in ("pseudo_miou", "pred_miou", "refined_miou", "val_miou"):
+            if key in m:
+                out[f"{key}_round_{m['round']}"] = m[key]
+    out["val_miou"] = per_round[-1]["val_miou"]
+    out["val_miou_gain"] = per_round[-1]["val_miou"] - per_round[0]["val_miou"]
+    out["best_round"] = int(np.argmax([m["val_miou"] for m in per_round]))
+    out["note"] = "val_miou: single-scale monitor; eval_seg (model_from: self_train) reports the final model"
+    return out

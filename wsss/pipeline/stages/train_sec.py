@@ -1,0 +1,50 @@
+"""Stage `train_sec`: fit the SEC segmenter (seed + expand + constrain) on the cues of `make_cues`.
+
+The SEC network is also the final segmenter (SEC has no pseudo-label stage): evaluate it with
+``eval_seg`` and ``model_from: train_sec``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from wsss.data.cues import CueDataset
+from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
+from wsss.pipeline.image_sets import source
+
+
+def cue_dir_of(stage_dir: Path) -> Path:
+    """The cue folder a finished ``make_cues`` stage wrote."""
+    return stage_dir / read_metrics(stage_dir)["cue_dir"]
+
+
+def run(ctx: StageContext) -> dict:
+    p = ctx.params
+    cues_stage = ctx.input(p.cues_from)
+    data = ctx.cfg.data.module
+    dataset = CueDataset(source(ctx, p.split), cue_dir_of(cues_stage), int(p.input_size), data.mean,
+                         data.std, resize=p.resize, scale_range=list(p.scale_range),
+                         hflip_prob=float(p.hflip_prob))  # fmt: skip
+    grid = read_metrics(cues_stage).get("grid_size")
+    workers = int(p.num_workers)
+    loader = DataLoader(dataset, batch_size=int(p.batch_size), shuffle=True, drop_last=len(dataset) > p.batch_size,
+                        num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+    model = instantiate(p.module)
+    val = None
+    if p.val_every_n_epochs:
+        val = ctx.datamodule(mode="segmentation").val_dataloader()
+    trainer = ctx.trainer(max_epochs=int(p.max_epochs), check_val_every_n_epoch=int(p.val_every_n_epochs or 1),
+                          limit_val_batches=1.0 if val is not None else 0)  # fmt: skip
+    try:
+        trainer.fit(model, train_dataloaders=loader, val_dataloaders=val)
+    finally:
+        model.close_pool()  # also done in teardown; here for an interrupted fit
+    if trainer.is_global_zero:
+        save_model(model, ctx.out_dir / MODEL_FILE)
+    metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
+    return {"split": p.split, "cues": str(cue_dir_of(cues_stage)), "epochs": int(p.max_epochs),
+            "steps": int(trainer.global_step), "input_size": int(p.input_size), "grid_size": grid,
+            **metrics, "note": "train_* are last-step SEC losses; see eval_seg for reported numbers"}
