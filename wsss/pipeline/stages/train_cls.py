@@ -9,11 +9,13 @@ from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
 
 def run(ctx: StageContext) -> dict[str, float]:
     p = ctx.params
-    datamodule = ctx.datamodule(
-        mode="classification", train_split=p.split, batch_size=p.batch_size,
-        crop_size=p.crop_size, scale_range=list(p.scale_range),
-    )
     model = instantiate(ctx.cfg.method)
+    # A method may need extra inputs from the data (EPS: saliency maps); it says which.
+    extra = getattr(model, "datamodule_overrides", dict)()
+    datamodule = ctx.datamodule(**{
+        "mode": "classification", "train_split": p.split, "batch_size": p.batch_size,
+        "crop_size": p.crop_size, "scale_range": list(p.scale_range), **extra,
+    })
     trainer = ctx.trainer(max_epochs=p.max_epochs, **(p.get("trainer") or {}))
     trainer.fit(model, datamodule=datamodule)
     if trainer.is_global_zero:

@@ -1,0 +1,93 @@
+"""Stage `train_iam` (OAA+): fit the integral attention model on OAA's accumulated maps.
+
+Inputs follow ``OAA:scripts/train_iam.py``: un-augmented images (here: long side ``size``,
+zero-padded to ``size`` x ``size`` so they batch), targets = the accumulated map of each gt
+class (resized to the image, padded with 0), 0 for the other classes. Also ``make_cams``: the
+make_cam stage for a model trained by another stage (``model_from``, its ``module`` config),
+used as the OAA+ pipeline's ``make_cam`` so eval_cam / make_pseudo_labels read IAM CAMs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Dataset
+
+from wsss.data.datasets import collate_single
+from wsss.data.transforms import build_eval_transform, finalize, to_tv_tensors
+from wsss.data.voc import VOCSource
+from wsss.io import load_npz
+from wsss.methods.oaa import ACCUMULATED_DIR
+from wsss.pipeline.cam_inference import CAMInference, CAMWriter
+from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
+from wsss.pipeline.image_sets import stage_images
+
+
+class IAMDataset(Dataset):
+    """dict(image (3, S, S), target (C, S, S) in [0, 1], labels (C,), name) for ids with maps."""
+
+    def __init__(self, source: VOCSource, acc_dir: str | os.PathLike, size: int,
+                 mean: list[float], std: list[float], num_classes: int) -> None:  # fmt: skip
+        self.source, self.acc_dir, self.size, self.num_classes = source, Path(acc_dir), size, num_classes
+        self.ids = [i for i in source.ids if (self.acc_dir / f"{i}.npz").is_file()]
+        if not self.ids:
+            raise FileNotFoundError(f"no accumulated maps for split {source.split!r} in {self.acc_dir}")
+        self.transform = build_eval_transform(mean=mean, std=std, resize_long_side=size)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.ids[index]
+        image = finalize(self.transform(to_tv_tensors(self.source.load_image(name))))["image"]
+        h, w = image.shape[-2:]
+        arrays = load_npz(self.acc_dir / f"{name}.npz")
+        target = torch.zeros(self.num_classes, h, w)
+        if len(arrays["keys"]):
+            maps = torch.from_numpy(arrays["maps"]).float()[None]
+            maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)[0]
+            target[torch.from_numpy(arrays["keys"])] = maps.clamp(0, 1)
+        pad = (0, self.size - w, 0, self.size - h)  # bottom/right, like the val transform
+        return {"image": F.pad(image, pad), "target": F.pad(target, pad),
+                "labels": torch.from_numpy(self.source.labels(name)), "name": name}
+
+
+def run(ctx: StageContext) -> dict:
+    p, data = ctx.params, ctx.cfg.data.module
+    train_dir = ctx.input(p.accumulated_from)
+    src = VOCSource(ctx.data_root(), p.split, mask_dir=data.mask_dir)
+    dataset = IAMDataset(src, train_dir / ACCUMULATED_DIR, int(p.size), list(data.mean),
+                         list(data.std), ctx.cfg.data.num_classes)  # fmt: skip
+    loader = DataLoader(dataset, batch_size=p.batch_size, shuffle=True, num_workers=data.num_workers,
+                        drop_last=len(dataset) > p.batch_size, persistent_workers=data.num_workers > 0)
+    model = instantiate(p.module)
+    if p.init_from:  # start from a trained classifier of the same architecture
+        state = torch.load(ctx.input(p.init_from) / MODEL_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    trainer = ctx.trainer(max_epochs=p.max_epochs, limit_val_batches=0)
+    trainer.fit(model, train_dataloaders=loader)
+    if trainer.is_global_zero:
+        save_model(model, ctx.out_dir / MODEL_FILE)
+    loss = trainer.callback_metrics.get("train/loss")
+    return {"epochs": p.max_epochs, "split": p.split, "num_images": len(dataset),
+            "init_from": p.init_from, "train_loss": float(loss) if loss is not None else float("nan")}
+
+
+def make_cams(ctx: StageContext) -> dict:
+    """make_cam for the model of stage ``model_from`` (built from its ``module`` config)."""
+    p = ctx.params
+    module = instantiate(ctx.cfg.stages[p.model_from].module)
+    classifier = load_model(module, ctx.input(p.model_from) / MODEL_FILE)
+    dataset = stage_images(ctx, list(p.splits), include_holdout=True)
+    loader = DataLoader(dataset, batch_size=1, num_workers=ctx.cfg.data.module.num_workers,
+                        collate_fn=collate_single)
+    trainer = ctx.trainer(callbacks=[CAMWriter(ctx.out_dir / "cams")], logger=False)
+    trainer.predict(CAMInference(classifier, p.scales, p.flip), loader, return_predictions=False)
+    return {"num_images": len(dataset), "scales": list(p.scales), "flip": bool(p.flip),
+            "splits": list(p.splits), "cam_dir": "cams", "model_from": p.model_from,
+            "includes": f"CAMs of the {p.model_from} model"}
+
