@@ -60,9 +60,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         if name not in cfg.stages:
             raise KeyError(f"pipeline.order names stage {name!r} but cfg.stages has no such entry")
         stage_dir = run_dir / "stages" / name
-        if (pipe.only and name not in pipe.only) or (pipe.skip_done and (stage_dir / METRICS_FILE).is_file()):
-            if (stage_dir / METRICS_FILE).is_file():
-                results[name] = read_metrics(stage_dir)
+        reusable = _finished_elsewhere(cfg, name, stage_dir)
+        if (pipe.only and name not in pipe.only) or (reusable is not None and not pipe.only):
+            if reusable is not None:
+                results[name] = read_metrics(reusable)
             continue
         log.info("stage %s", name)
         ctx = StageContext(cfg, name, run_dir, loggers=make_loggers(cfg, name, run_dir))
@@ -80,6 +81,15 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         results[name] = metrics
     print_summary(results)
     return results
+
+
+def _finished_elsewhere(cfg: DictConfig, name: str, stage_dir: Path) -> Path | None:
+    """A finished copy of this stage to reuse: this run's (``skip_done``) or ``from_run``'s."""
+    pipe = cfg.pipeline
+    candidates = [stage_dir] if pipe.skip_done else []
+    if pipe.get("from_run"):
+        candidates.append(Path(pipe.from_run) / "stages" / name)
+    return next((c for c in candidates if (c / METRICS_FILE).is_file()), None)
 
 
 def print_summary(results: dict[str, dict]) -> None:
