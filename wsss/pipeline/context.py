@@ -45,14 +45,17 @@ class StageContext:
         """Directory of a finished earlier stage.
 
         Resolution order: ``pipeline.inputs.<stage>`` (any directory the user names), then
-        ``pipeline.from_run``/stages/<stage> (an earlier run), then this run.
+        this run, then ``pipeline.from_run``/stages/<stage> (an earlier run), so a stage rerun
+        here always shadows the earlier run's copy.
         """
         pipe = self.cfg.pipeline
         explicit = (pipe.get("inputs") or {}).get(stage)
-        candidates = [Path(explicit)] if explicit else []
-        if pipe.get("from_run") and not explicit:
-            candidates.append(Path(pipe.from_run) / "stages" / stage)
-        candidates.append(self.run_dir / "stages" / stage)
+        if explicit:
+            candidates = [Path(explicit)]
+        else:
+            candidates = [self.run_dir / "stages" / stage]
+            if pipe.get("from_run"):
+                candidates.append(Path(pipe.from_run) / "stages" / stage)
         for path in candidates:
             if (path / METRICS_FILE).is_file():
                 return path

@@ -1,0 +1,146 @@
+"""IRNet (Ahn, Cho & Kwak 2019; METHODS.md 3.4): class boundaries + instance displacements.
+
+A *frozen* backbone (every stage output detached, kept in eval mode) feeds two branches that
+both output at stride 4:
+
+* boundary: per level 1x1 conv -> GroupNorm -> ReLU, resized to stride 4, concatenated, 1x1 conv
+  to one logit (B = sigmoid);
+* displacement: per level 1x1 conv -> GN -> ReLU; the coarse levels (stride > 4) are resized to
+  the finest coarse grid, fused by a 1x1 conv, resized to stride 4, concatenated with the
+  stride-4 levels, then 1x1 conv -> GN -> ReLU -> 1x1 conv to 2 channels (dy, dx).
+
+The IRN ResNet-50 channel plan is scaled by ``width`` (default ``out_channels / 2048``: 1 for
+ResNet-50/101, 1/4 for ResNet-18). A ``mean_shift`` buffer (set by the calibration stage) is
+subtracted from the displacement in eval mode only, as IRN's ``MeanShift``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wsss.functional.irn import irn_losses, irn_total_loss
+from wsss.methods.base import WSSSModule, poly_lambda
+from wsss.models.backbones import build_backbone
+
+# IRN ResNet-50 channels per level, in backbone level order (stem, layer1..layer4).
+_BOUNDARY = 32
+_DISPLACEMENT = (64, 128, 256, 256, 256)
+_FUSE = 256
+
+
+def _ch(c: int, width: float) -> int:
+    return max(8, round(c * width / 4) * 4)  # multiple of 4 keeps GroupNorm groups whole
+
+
+def _block(cin: int, cout: int, groups: int | None = None) -> nn.Sequential:
+    groups = groups or max(1, min(16, cout // 8))  # IRN: GN(4, 32), GN(8, 64), GN(16, 128/256)
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.GroupNorm(groups, cout),
+                         nn.ReLU(inplace=True))  # fmt: skip
+
+
+class IRNetModule(WSSSModule):
+    """Frozen backbone + boundary and displacement branches; see the module docstring.
+
+    ``forward(images) -> (boundary_logits (B, 1, h, w), displacement (B, 2, h, w))`` at stride 4.
+
+    Args:
+        backbone: ``build_backbone`` kwargs (IRN: ImageNet ResNet-50, output stride 16).
+        optimizer: Partial SGD; the boundary branch gets its lr, the displacement branch
+            ``new_lr_mult`` times it (IRN: 0.1 / 1.0).
+        new_lr_mult, poly_power: see :class:`WSSSModule`.
+        radius: Pair radius of the training losses (IRN: 10).
+        width: Channel multiplier of the IRN plan; ``None`` = ``out_channels / 2048``.
+    """
+
+    def __init__(self, backbone: dict, optimizer: Callable, new_lr_mult: float, poly_power: float,
+                 radius: int = 10, width: float | None = None) -> None:  # fmt: skip
+        super().__init__(optimizer, new_lr_mult, poly_power)
+        self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        self.backbone = build_backbone(**backbone)
+        for param in self.backbone.parameters():
+            param.requires_grad_(False)
+        self.radius = radius
+        width = width if width is not None else self.backbone.out_channels / 2048
+        self.levels = list(self.backbone.channels)
+        strides = self.backbone.strides
+        if min(strides.values()) != 4:
+            raise ValueError(f"IRNet needs a stride-4 backbone level, got strides {strides}")
+        self.fine = [lv for lv in self.levels if strides[lv] == 4]
+        self.coarse = [lv for lv in self.levels if strides[lv] > 4]
+        if not self.coarse:
+            raise ValueError(f"IRNet needs backbone levels coarser than stride 4, got {strides}")
+        chans = self.backbone.channels
+        edge = _ch(_BOUNDARY, width)
+        self.edge_branches = nn.ModuleDict({lv: _block(chans[lv], edge, 4 if edge >= 16 else 1)
+                                            for lv in self.levels})  # fmt: skip
+        self.edge_out = nn.Conv2d(edge * len(self.levels), 1, 1, bias=True)
+        # Level i takes the i-th entry of IRN's plan (the last entry repeats for deeper backbones).
+        plan = {lv: _ch(_DISPLACEMENT[min(i, len(_DISPLACEMENT) - 1)], width) for i, lv in enumerate(self.levels)}
+        fuse = _ch(_FUSE, width)
+        self.dp_branches = nn.ModuleDict({lv: _block(chans[lv], plan[lv]) for lv in self.levels})
+        self.dp_coarse = nn.Conv2d(sum(plan[lv] for lv in self.coarse), fuse, 1, bias=False)
+        self.dp_out = nn.Sequential(_block(sum(plan[lv] for lv in self.fine) + fuse, fuse),
+                                    nn.Conv2d(fuse, 2, 1, bias=True))  # fmt: skip
+        self.register_buffer("mean_shift", torch.zeros(2))
+
+    def train(self, mode: bool = True) -> IRNetModule:
+        super().train(mode)
+        self.backbone.eval()  # frozen, including BatchNorm statistics (IRN)
+        return self
+
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():  # IRN detaches every stage output
+            return {k: v.detach() for k, v in self.backbone(images).items()}
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        feats = self.features(images)
+        size = feats[self.fine[0]].shape[-2:]
+        edges = [self._resize(self.edge_branches[lv](feats[lv]), size) for lv in self.levels]
+        boundary = self.edge_out(torch.cat(edges, dim=1))
+        coarse_size = feats[min(self.coarse, key=lambda lv: self.backbone.strides[lv])].shape[-2:]
+        coarse = [self._resize(self.dp_branches[lv](feats[lv]), coarse_size) for lv in self.coarse]
+        fused = self._resize(self.dp_coarse(torch.cat(coarse, dim=1)), size)
+        fine = [self.dp_branches[lv](feats[lv]) for lv in self.fine]
+        displacement = self.dp_out(torch.cat([*fine, fused], dim=1))
+        if not self.training:
+            displacement = displacement - self.mean_shift.view(1, 2, 1, 1)
+        return boundary, displacement
+
+    @staticmethod
+    def _resize(x: Tensor, size: torch.Size) -> Tensor:
+        if x.shape[-2:] == size:
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    def boundary_parameters(self) -> list[nn.Parameter]:
+        return [*self.edge_branches.parameters(), *self.edge_out.parameters()]
+
+    def displacement_parameters(self) -> list[nn.Parameter]:
+        return [*self.dp_branches.parameters(), *self.dp_coarse.parameters(), *self.dp_out.parameters()]
+
+    def configure_optimizers(self):
+        # IRN's two groups: boundary 1x, displacement 10x; the backbone is not optimised at all.
+        groups = [{"params": self.boundary_parameters(), "lr_mult": 1.0},
+                  {"params": self.displacement_parameters(), "lr_mult": self.new_lr_mult}]
+        optimizer = self.optimizer_factory(params=groups)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group["lr_mult"]
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, poly_lambda(self.trainer.estimated_stepping_batches, self.poly_power)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        boundary, displacement = self(batch["image"])
+        # IRN downscales the relation label x0.25 with nearest sampling.
+        label = F.interpolate(batch["mask"][:, None].float(), size=boundary.shape[-2:], mode="nearest")
+        losses = irn_losses(boundary.sigmoid(), displacement, label[:, 0].long(), self.radius)
+        loss = irn_total_loss(losses)
+        size = len(boundary)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=size)
+        return loss
