@@ -54,9 +54,21 @@ def test_cam_chain_writes_every_artifact(tiny_cfg, tmp_path) -> None:
     rerun = tiny_cfg("pipeline.only=[make_pseudo_labels]", "stages.make_pseudo_labels.threshold=0.3",
                      "stages.make_pseudo_labels.crf=false", f"pipeline.from_run={run_dir}")
     again = run_pipeline(rerun, tmp_path / "rerun")
-    assert list(again) == ["make_pseudo_labels"]
+    # Only the named stage ran here; the earlier run's stages are reported, not recomputed.
+    assert [p.name for p in (tmp_path / "rerun/stages").iterdir()] == ["make_pseudo_labels"]
+    assert again["make_cam"] == results["make_cam"]
     assert again["make_pseudo_labels"]["threshold"] == 0.3
     assert "miou_crf" not in again["make_pseudo_labels"]
+
+
+@pytest.mark.slow
+def test_from_run_reuses_finished_stages(tiny_cfg, tmp_path) -> None:
+    first = tmp_path / "first"
+    run_pipeline(tiny_cfg("pipeline.only=[train_cls,make_cam]"), first)
+    second = run_pipeline(tiny_cfg(f"pipeline.from_run={first}"), tmp_path / "second")
+    ran_here = sorted(p.name for p in (tmp_path / "second/stages").iterdir())
+    assert ran_here == sorted(["eval_cam", "make_pseudo_labels", "train_seg", "eval_seg"])
+    assert list(second) == STAGES
 
 
 def test_missing_input_stage_names_the_paths(tiny_cfg, tmp_path) -> None:

@@ -78,7 +78,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
             _close(ctx.loggers)
         if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
             finish_stage(ctx, metrics)
-        results[name] = metrics
+        results[name] = {"stage": name, **metrics}  # the same dict metrics.json holds
     print_summary(results)
     return results
 
