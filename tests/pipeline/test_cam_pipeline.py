@@ -69,6 +69,11 @@ def test_from_run_reuses_finished_stages(tiny_cfg, tmp_path) -> None:
     ran_here = sorted(p.name for p in (tmp_path / "second/stages").iterdir())
     assert ran_here == sorted(["eval_cam", "make_pseudo_labels", "train_seg", "eval_seg"])
     assert list(second) == STAGES
+    # Once a stage runs here, every later stage runs here too, even if from_run has it.
+    (first / "stages/make_cam/metrics.json").unlink()  # first's make_cam now counts as unfinished
+    run_pipeline(tiny_cfg(f"pipeline.from_run={first}"), tmp_path / "third")
+    ran_third = sorted(p.name for p in (tmp_path / "third/stages").iterdir())
+    assert ran_third == sorted(STAGES[1:])  # train_cls reused, everything after it rerun
 
 
 def test_missing_input_stage_names_the_paths(tiny_cfg, tmp_path) -> None:

@@ -101,6 +101,20 @@ def load_model(module: torch.nn.Module, path: Path) -> torch.nn.Module:
     return module.eval()
 
 
+def init_backbone(module: torch.nn.Module, state_file: Path) -> None:
+    """Load the ``backbone.*`` weights of a saved classifier into ``module.backbone``.
+
+    Stands in for ImageNet weights where none can be had (the synthetic default runs offline).
+    """
+    if not state_file.is_file():
+        raise FileNotFoundError(f"cannot initialise the backbone: {state_file} does not exist")
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not backbone:
+        raise KeyError(f"{state_file} holds no 'backbone.*' weights to initialise from")
+    module.backbone.load_state_dict(backbone)
+
+
 def resolve_data_root(cfg: DictConfig) -> Path:
     """``data.root`` if set (must exist), else the synthetic VOC tree, generated on first use."""
     if cfg.data.root is not None:

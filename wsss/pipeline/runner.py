@@ -56,15 +56,19 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
     if unknown:
         raise KeyError(f"pipeline.only names stages {unknown} not in pipeline.order {list(pipe.order)}")
     results: dict[str, dict] = {}
+    # from_run stages are reused only as a prefix of the order: once a stage runs here, later
+    # stages depend on it and must run here too, even if from_run has a stage of that name.
+    prefix = True
     for name in pipe.order:
         if name not in cfg.stages:
             raise KeyError(f"pipeline.order names stage {name!r} but cfg.stages has no such entry")
         stage_dir = run_dir / "stages" / name
-        reusable = _finished_elsewhere(cfg, name, stage_dir)
+        reusable = _finished_elsewhere(cfg, name, stage_dir, from_run=prefix)
         if (pipe.only and name not in pipe.only) or (reusable is not None and not pipe.only):
             if reusable is not None:
                 results[name] = read_metrics(reusable)
             continue
+        prefix = False
         log.info("stage %s", name)
         ctx = StageContext(cfg, name, run_dir, loggers=make_loggers(cfg, name, run_dir))
         start = time.perf_counter()
@@ -83,11 +87,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
     return results
 
 
-def _finished_elsewhere(cfg: DictConfig, name: str, stage_dir: Path) -> Path | None:
+def _finished_elsewhere(cfg: DictConfig, name: str, stage_dir: Path, from_run: bool) -> Path | None:
     """A finished copy of this stage to reuse: this run's (``skip_done``) or ``from_run``'s."""
     pipe = cfg.pipeline
     candidates = [stage_dir] if pipe.skip_done else []
-    if pipe.get("from_run"):
+    if from_run and pipe.get("from_run"):
         candidates.append(Path(pipe.from_run) / "stages" / name)
     return next((c for c in candidates if (c / METRICS_FILE).is_file()), None)
 

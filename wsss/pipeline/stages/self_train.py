@@ -35,7 +35,7 @@ from wsss.functional.refine import confident_label, superpixel_refine
 from wsss.functional.segmentation import multiscale_probs
 from wsss.io import load_label_png, read_json, save_label_png, write_json
 from wsss.metrics.segmentation import SegmentationMetric
-from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
+from wsss.pipeline.context import MODEL_FILE, StageContext, init_backbone, load_model, save_model
 from wsss.pipeline.image_sets import eval_ids, source, stage_images
 from wsss.pipeline.stages.make_pseudo_labels import label_dir
 
@@ -194,6 +194,8 @@ def run(ctx: StageContext) -> dict:
                          "pseudo_miou": label_miou(ctx, labels, eval_list)}  # fmt: skip
         if model is None or p.reinit:
             model = instantiate(p.module)
+            if p.get("init_from"):  # synthetic runs: the classifier's backbone stands in for ImageNet
+                init_backbone(model, ctx.input(p.init_from) / MODEL_FILE)
         model = train_round(ctx, labels, model.train())
         save_model(model, round_dir / MODEL_FILE)
         model.eval().to(_device(ctx))

@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
+from wsss.pipeline.context import MODEL_FILE, StageContext, init_backbone, save_model
 from wsss.pipeline.stages.make_pseudo_labels import label_dir
 
 
@@ -34,15 +34,6 @@ def torch_threads(num: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def init_backbone(module: torch.nn.Module, state_file) -> None:
-    """Load the ``backbone.*`` weights of a saved classifier into ``module.backbone``."""
-    state = torch.load(state_file, map_location="cpu", weights_only=True)
-    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    if not backbone:
-        raise KeyError(f"{state_file} holds no 'backbone.*' weights to initialise from")
-    module.backbone.load_state_dict(backbone)
 
 
 def run(ctx: StageContext) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hydra.utils import instantiate
 
-from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
+from wsss.pipeline.context import MODEL_FILE, StageContext, init_backbone, save_model
 from wsss.pipeline.stages.make_pseudo_labels import label_dir
 
 
@@ -16,10 +16,12 @@ def run(ctx: StageContext) -> dict:
         crop_size=p.crop_size, scale_range=list(p.scale_range),
     )
     model = instantiate(p.module)
+    if p.get("init_from"):
+        init_backbone(model, ctx.input(p.init_from) / MODEL_FILE)
     trainer = ctx.trainer(max_epochs=p.max_epochs, check_val_every_n_epoch=p.val_every_n_epochs)
     trainer.fit(model, datamodule=datamodule)
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
-    return {"labels": str(labels), "epochs": p.max_epochs, **metrics,
+    return {"labels": str(labels), "epochs": p.max_epochs, "init_from": p.get("init_from"), **metrics,
             "note": "val_miou here is a training-time monitor on full val; see eval_seg for reported numbers"}
