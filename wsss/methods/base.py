@@ -15,6 +15,21 @@ def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
     return lambda step: max(1.0 - min(step, total) / total, 0.0) ** power
 
 
+class SegmentationValidation:
+    """Mixin: full-image validation mIoU for modules whose ``forward`` returns (B, C+1, H, W)
+    logits and which own ``self.val_metric`` (a SegmentationMetric)."""
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch["image"])
+        for pred, gt in zip(logits.argmax(1), batch["mask"]):
+            self.val_metric.update(pred.cpu(), gt.cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.val_metric.compute()
+        self.log("val/miou", float(result["miou"]))
+        self.val_metric.reset()
+
+
 class WSSSModule(L.LightningModule):
     """Base LightningModule: subclasses say which parameters are pretrained and which are new.
 
@@ -35,9 +50,13 @@ class WSSSModule(L.LightningModule):
     def new_parameters(self) -> Iterable[nn.Parameter]:
         raise NotImplementedError
 
+    def param_groups(self) -> list[tuple[Iterable[nn.Parameter], float]]:
+        """(parameters, LR multiplier) pairs; override for other splits (IRNet: two branches)."""
+        return [(self.pretrained_parameters(), 1.0), (self.new_parameters(), self.new_lr_mult)]
+
     def configure_optimizers(self):
         groups = []
-        for params, mult in ((self.pretrained_parameters(), 1.0), (self.new_parameters(), self.new_lr_mult)):
+        for params, mult in self.param_groups():
             params = [p for p in params if p.requires_grad]
             if params:
                 groups.append({"params": params, "lr_mult": mult})

@@ -9,12 +9,12 @@ from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from wsss.data.labels import IGNORE
-from wsss.methods.base import WSSSModule
+from wsss.methods.base import SegmentationValidation, WSSSModule
 from wsss.metrics.segmentation import SegmentationMetric
 from wsss.models.backbones import build_backbone
 
 
-class DeepLabModule(WSSSModule):
+class DeepLabModule(SegmentationValidation, WSSSModule):
     """DeepLab-v3 style segmenter over ``num_classes`` foreground classes plus background."""
 
     def __init__(self, backbone: dict, num_classes: int, atrous_rates: Sequence[int],
@@ -42,13 +42,3 @@ class DeepLabModule(WSSSModule):
         loss = F.cross_entropy(logits, batch["mask"], ignore_index=IGNORE)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["image"])
-        for pred, gt in zip(logits.argmax(1), batch["mask"]):
-            self.val_metric.update(pred.cpu(), gt.cpu())
-
-    def on_validation_epoch_end(self) -> None:
-        result = self.val_metric.compute()
-        self.log("val/miou", float(result["miou"]))
-        self.val_metric.reset()

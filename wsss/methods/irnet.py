@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss.functional.irn import irn_losses, irn_total_loss
-from wsss.methods.base import WSSSModule, poly_lambda
+from wsss.methods.base import WSSSModule
 from wsss.models.backbones import build_backbone
 
 # IRN ResNet-50 channels per level, in backbone level order (stem, layer1..layer4).
@@ -122,17 +122,9 @@ class IRNetModule(WSSSModule):
     def displacement_parameters(self) -> list[nn.Parameter]:
         return [*self.dp_branches.parameters(), *self.dp_coarse.parameters(), *self.dp_out.parameters()]
 
-    def configure_optimizers(self):
+    def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
         # IRN's two groups: boundary 1x, displacement 10x; the backbone is not optimised at all.
-        groups = [{"params": self.boundary_parameters(), "lr_mult": 1.0},
-                  {"params": self.displacement_parameters(), "lr_mult": self.new_lr_mult}]
-        optimizer = self.optimizer_factory(params=groups)
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * group["lr_mult"]
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, poly_lambda(self.trainer.estimated_stepping_batches, self.poly_power)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return [(self.boundary_parameters(), 1.0), (self.displacement_parameters(), self.new_lr_mult)]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         boundary, displacement = self(batch["image"])

@@ -24,7 +24,7 @@ from wsss.functional.sec import (
     sec_expand_loss,
     sec_seed_loss,
 )
-from wsss.methods.base import WSSSModule
+from wsss.methods.base import SegmentationValidation, WSSSModule
 from wsss.metrics.segmentation import SegmentationMetric
 from wsss.models.backbones import build_backbone
 
@@ -56,7 +56,7 @@ class LargeFOVHead(nn.Module):
         return self.fc8(x)
 
 
-class SECModule(WSSSModule):
+class SECModule(SegmentationValidation, WSSSModule):
     """Backbone + LargeFOV head trained with L_seed + L_expand + L_constrain.
 
     Batches come from :class:`wsss.data.cues.CueDataset`: ``image`` (B, 3, S, S), ``cues`` (B, g, g)
@@ -181,13 +181,3 @@ class SECModule(WSSSModule):
         for key, value in losses.items():
             self.log(f"train/{key}", value, prog_bar=key == "loss", batch_size=n)
         return losses["loss"]
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["image"])
-        for pred, gt in zip(logits.argmax(1), batch["mask"]):
-            self.val_metric.update(pred.cpu(), gt.cpu())
-
-    def on_validation_epoch_end(self) -> None:
-        result = self.val_metric.compute()
-        self.log("val/miou", float(result["miou"]))
-        self.val_metric.reset()
