@@ -1,0 +1,58 @@
+"""Markdown table of the headline numbers of finished runs: ``python -m wsss.pipeline.report RUN...``.
+
+Reads only the runs' ``stages/*/metrics.json`` files; a column is blank where a run lacks that stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wsss.io import read_json
+from wsss.pipeline.context import METRICS_FILE
+
+# (column title, stage, metric key); the first stage present in a run wins for "labels".
+COLUMNS = [
+    ("CAM mIoU (train)", "eval_cam", "miou"),
+    ("bg threshold", "eval_cam", "threshold"),
+    ("CAM labels", "make_pseudo_labels", "miou"),
+    ("CAM labels +CRF", "make_pseudo_labels", "miou_crf"),
+    ("refined labels", ("random_walk", "make_sem_seg_labels"), "miou"),
+    ("SEC cue precision", "make_cues", "cue_precision"),
+    ("instances APr50", "make_ins_seg_labels", "ap50"),
+    ("seg val mIoU", "eval_seg", "miou"),
+    ("seg +ms/flip", "eval_seg", "miou_ms"),
+    ("seg +CRF", "eval_seg", "miou_crf"),
+]
+
+
+def stage_metrics(run: Path) -> dict[str, dict]:
+    return {p.parent.name: read_json(p) for p in sorted(run.glob(f"stages/*/{METRICS_FILE}"))}
+
+
+def table(runs: list[Path], names: list[str] | None = None) -> str:
+    rows = ["| run | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for index, run in enumerate(runs):
+        metrics = stage_metrics(run)
+        cells = []
+        for _, stages, key in COLUMNS:
+            stages = (stages,) if isinstance(stages, str) else stages
+            value = next((metrics[s][key] for s in stages if key in metrics.get(s, {})), None)
+            cells.append("" if value is None else f"{value:.3f}")
+        rows.append(f"| {names[index] if names else run.name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (logs/runs/...)")
+    parser.add_argument("--names", nargs="+", help="row labels, one per run")
+    args = parser.parse_args(argv)
+    missing = [str(r) for r in args.runs if not (r / "stages").is_dir()]
+    if missing:
+        parser.error(f"not run directories (no stages/ inside): {missing}")
+    print(table(args.runs, args.names))
+
+
+if __name__ == "__main__":
+    main()
