@@ -40,3 +40,13 @@ def multi_hot_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
     out = np.zeros(num_classes, dtype=np.float32)
     out[values.astype(np.int64) - 1] = 1.0
     return out
+
+
+def channels_to_label(channel: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Map channel indices (0 = background, k = ``keys[k-1]``) to VOC mask values; keeps 255.
+
+    Shape: channel (H, W) int, keys (K,) foreground class indices 0..19 -> (H, W) uint8.
+    """
+    lut = np.concatenate([[BACKGROUND], np.asarray(keys, dtype=np.int64) + 1]).astype(np.uint8)
+    values = lut[np.minimum(np.where(channel == IGNORE, 0, channel), len(lut) - 1)]
+    return np.where(channel == IGNORE, IGNORE, values).astype(np.uint8)

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.data.labels import IGNORE, VOC_CLASSES
+from wsss.data.labels import IGNORE, VOC_CLASSES, channels_to_label
 from wsss.functional.affinity import psa_affinity_label
 from wsss.functional.cam import background_power
 from wsss.functional.crf import dense_crf
@@ -115,8 +115,7 @@ def _affinity_label(image_id: str, cam_dir: Path, src, out_dir: Path, low: float
     stacks = [torch.cat([background_power(cams, a)[None], cams]).numpy() for a in (low, high)]
     la, ha = (torch.from_numpy(dense_crf(image, s, **crf)) for s in stacks)
     channel = psa_affinity_label(la, ha).numpy()
-    lut = np.concatenate([[0], keys + 1]).astype(np.uint8)
-    label = np.where(channel == IGNORE, IGNORE, lut[np.minimum(channel, len(lut) - 1)]).astype(np.uint8)
+    label = channels_to_label(channel, keys)
     save_label_png(out_dir / f"{image_id}.png", label)
     return {"id": image_id, "label": label}
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from wsss.data.labels import IGNORE
+from wsss.data.labels import channels_to_label
 from wsss.functional.affinity import irn_label_from_cams
 from wsss.functional.crf import dense_crf_labels
 from wsss.io import load_npz, save_label_png
@@ -42,8 +42,7 @@ def _ir_label(image_id: str, cam_dir: Path, src, out_dir: Path, fg: float, bg: f
     image = load_rgb(src, image_id)
     channel = irn_label_from_cams(torch.from_numpy(_conf_label(cams, fg, image, crf)),
                                   torch.from_numpy(_conf_label(cams, bg, image, crf))).numpy()
-    lut = np.concatenate([[0], keys + 1]).astype(np.uint8)
-    label = np.where(channel == IGNORE, IGNORE, lut[np.minimum(channel, len(lut) - 1)]).astype(np.uint8)
+    label = channels_to_label(channel, keys)
     save_label_png(out_dir / f"{image_id}.png", label)
     return {"id": image_id, "label": label}
 
