@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from wsss.data.datasets import InferenceDataset
 from wsss.data.transforms import build_eval_transform
 from wsss.data.voc import VOCSource
+from wsss.io import load_npz
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.protocol import holdout_ids
 
@@ -51,6 +52,18 @@ def stage_images(ctx: StageContext, splits: Sequence[str], include_holdout: bool
 def load_rgb(src: VOCSource, image_id: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image (for the CRF and for visualisation)."""
     return np.ascontiguousarray(src.load_image(image_id), dtype=np.uint8)
+
+
+def load_cams(cam_dir: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(cams (K, H, W) float32, keys (K,) int64) of one image from a make_cam-format directory."""
+    path = cam_file(cam_dir, image_id)
+    arrays = load_npz(path)
+    if "cams" not in arrays or "keys" not in arrays:
+        raise KeyError(f"{path}: expected arrays 'cams' and 'keys', found {sorted(arrays)}")
+    cams, keys = arrays["cams"].astype(np.float32), arrays["keys"].astype(np.int64)
+    if cams.ndim != 3 or len(cams) != len(keys):
+        raise ValueError(f"{path}: cams {cams.shape} must be (K, H, W) with K = len(keys) = {len(keys)}")
+    return cams, keys
 
 
 def cam_file(cam_dir: Path, image_id: str) -> Path:

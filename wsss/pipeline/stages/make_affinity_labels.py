@@ -27,10 +27,10 @@ from wsss.data.labels import IGNORE, VOC_CLASSES, channels_to_label
 from wsss.functional.affinity import psa_affinity_label
 from wsss.functional.cam import background_power
 from wsss.functional.crf import dense_crf
-from wsss.io import load_npz, save_label_png
+from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.context import StageContext, read_metrics
-from wsss.pipeline.image_sets import cam_file, eval_ids, load_rgb, source
+from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, source
 
 
 class PerImage(Dataset):
@@ -109,8 +109,8 @@ def cam_baseline(ctx: StageContext) -> float | None:
 
 def _affinity_label(image_id: str, cam_dir: Path, src, out_dir: Path, low: float, high: float,
                     crf: dict) -> dict:  # fmt: skip
-    arrays = load_npz(cam_file(cam_dir, image_id))
-    cams, keys = torch.from_numpy(arrays["cams"]), arrays["keys"].astype(np.int64)
+    cams, keys = load_cams(cam_dir, image_id)
+    cams = torch.from_numpy(cams)
     image = load_rgb(src, image_id)
     stacks = [torch.cat([background_power(cams, a)[None], cams]).numpy() for a in (low, high)]
     la, ha = (torch.from_numpy(dense_crf(image, s, **crf)) for s in stacks)

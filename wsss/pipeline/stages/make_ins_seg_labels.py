@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from wsss.data.labels import BACKGROUND, IGNORE, VOC_CLASSES
 from wsss.functional.irn import instance_masks_from_walk, instances_from_displacement
-from wsss.io import load_label_png, load_npz, save_npz
+from wsss.io import load_label_png, save_npz
 from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from_semantic
 from wsss.pipeline.context import StageContext
-from wsss.pipeline.image_sets import cam_file, eval_ids, source, stage_images
+from wsss.pipeline.image_sets import eval_ids, load_cams, source, stage_images
 from wsss.pipeline.stages.calibrate_irn import load_calibrated_irn
 from wsss.pipeline.stages.make_affinity_labels import cam_dir_of
 from wsss.pipeline.stages.make_sem_seg_labels import (
@@ -79,8 +79,7 @@ def _run(ctx: StageContext) -> dict:
     for index in tqdm(range(len(dataset)), desc="make_ins_seg_labels"):
         item = dataset[index]
         name, size = item["name"], item["size"]
-        arrays = load_npz(cam_file(cam_dir, name))
-        cams, keys = torch.from_numpy(arrays["cams"]), torch.from_numpy(arrays["keys"]).long()
+        cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
         boundary, displacement = irn_outputs(model, item["image"])
         instance_map = instances_from_displacement(displacement, p.displacement_threshold, p.n_iter)
         result = instance_masks_from_walk(

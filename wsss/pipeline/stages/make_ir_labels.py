@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 from wsss.data.labels import channels_to_label
 from wsss.functional.affinity import irn_label_from_cams
 from wsss.functional.crf import dense_crf_labels
-from wsss.io import load_npz, save_label_png
+from wsss.io import save_label_png
 from wsss.pipeline.context import StageContext
-from wsss.pipeline.image_sets import cam_file, load_rgb, source
+from wsss.pipeline.image_sets import load_cams, load_rgb, source
 from wsss.pipeline.stages.make_affinity_labels import (
     LabelScore,
     cam_baseline,
@@ -37,8 +37,7 @@ def _conf_label(cams: np.ndarray, threshold: float, image: np.ndarray, crf: dict
 
 
 def _ir_label(image_id: str, cam_dir: Path, src, out_dir: Path, fg: float, bg: float, crf: dict) -> dict:
-    arrays = load_npz(cam_file(cam_dir, image_id))
-    cams, keys = arrays["cams"], arrays["keys"].astype(np.int64)
+    cams, keys = load_cams(cam_dir, image_id)
     image = load_rgb(src, image_id)
     channel = irn_label_from_cams(torch.from_numpy(_conf_label(cams, fg, image, crf)),
                                   torch.from_numpy(_conf_label(cams, bg, image, crf))).numpy()

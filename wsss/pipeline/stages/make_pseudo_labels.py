@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 from wsss.data.labels import IGNORE, VOC_CLASSES
 from wsss.functional.crf import dense_crf
-from wsss.io import load_npz, save_label_png
+from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.context import StageContext, read_metrics
-from wsss.pipeline.image_sets import cam_file, eval_ids, load_rgb, source
+from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, source
 
 
 def scores_to_label(scores: np.ndarray, keys: np.ndarray, margin: float) -> np.ndarray:
@@ -46,8 +46,7 @@ class _PseudoLabelJob(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.ids[index]
-        arrays = load_npz(cam_file(self.cam_dir, image_id))
-        cams, keys = arrays["cams"], arrays["keys"]
+        cams, keys = load_cams(self.cam_dir, image_id)
         background = np.full((1, *cams.shape[1:]), self.threshold, dtype=np.float32)
         scores = np.concatenate([background, cams], axis=0)
         out = {"id": image_id, "plain": scores_to_label(scores, keys, self.margin)}

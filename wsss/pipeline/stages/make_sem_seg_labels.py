@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from wsss.functional.cam import cams_to_label
 from wsss.functional.random_walk import irn_scores_to_label, irn_semantic_scores, upsample_scores
-from wsss.io import load_npz, save_label_png
+from wsss.io import save_label_png
 from wsss.pipeline.context import StageContext, read_metrics
-from wsss.pipeline.image_sets import cam_file, stage_images
+from wsss.pipeline.image_sets import load_cams, stage_images
 from wsss.pipeline.stages.calibrate_irn import load_calibrated_irn
 from wsss.pipeline.stages.make_affinity_labels import LabelScore, cam_baseline, cam_dir_of
 from wsss.pipeline.stages.train_refiner import torch_threads
@@ -82,8 +82,7 @@ def _run(ctx: StageContext) -> dict:
     for index in tqdm(range(len(dataset)), desc="make_sem_seg_labels"):
         item = dataset[index]
         name, size = item["name"], item["size"]
-        arrays = load_npz(cam_file(cam_dir, name))
-        cams, keys = torch.from_numpy(arrays["cams"]), torch.from_numpy(arrays["keys"]).long()
+        cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
         boundary, _ = irn_outputs(model, item["image"])
         scores = irn_semantic_scores(stride4_cams(floored(cams, floor), tuple(boundary.shape)), boundary,
                                      p.radius, p.beta, p.exp_times)  # fmt: skip
