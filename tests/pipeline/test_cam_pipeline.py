@@ -69,6 +69,12 @@ def test_from_run_reuses_finished_stages(tiny_cfg, tmp_path) -> None:
     ran_here = sorted(p.name for p in (tmp_path / "second/stages").iterdir())
     assert ran_here == sorted(["eval_cam", "make_pseudo_labels", "train_seg", "eval_seg"])
     assert list(second) == STAGES
+    # from_run chains are transitive: second records where its reused stages live.
+    reused = json.loads((tmp_path / "second/reused.json").read_text())
+    assert reused == {s: str((first / "stages" / s).resolve()) for s in ("train_cls", "make_cam")}
+    third = run_pipeline(tiny_cfg(f"pipeline.from_run={tmp_path / 'second'}", "pipeline.only=[eval_cam]"),
+                         tmp_path / "chained")
+    assert third["eval_cam"]["miou"] == pytest.approx(second["eval_cam"]["miou"])
     # Once a stage runs here, every later stage runs here too, even if from_run has it.
     (first / "stages/make_cam/metrics.json").unlink()  # first's make_cam now counts as unfinished
     run_pipeline(tiny_cfg(f"pipeline.from_run={first}"), tmp_path / "third")

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"  # written last by the runner: its presence marks a finished stage
 MODEL_FILE = "model.pt"
+# Per run: {stage: absolute dir} of the stages it reused from pipeline.from_run, so that a later
+# run pointing its from_run here finds them too (from_run chains are transitive).
+REUSED_FILE = "reused.json"
 
 
 @dataclass
@@ -55,14 +58,15 @@ class StageContext:
         else:
             candidates = [self.run_dir / "stages" / stage]
             if pipe.get("from_run"):
-                candidates.append(Path(pipe.from_run) / "stages" / stage)
+                found = finished_stage_dir(Path(pipe.from_run), stage)
+                candidates.append(found or Path(pipe.from_run) / "stages" / stage)
         for path in candidates:
             if (path / METRICS_FILE).is_file():
                 return path
         raise FileNotFoundError(
             f"stage {self.name!r} needs the output of stage {stage!r}, but none of "
             f"{[str(p) for p in candidates]} holds a finished stage (no {METRICS_FILE}). Run "
-            f"{stage!r} first, or point pipeline.inputs.{stage}=DIR / pipeline.from_run=RUN_DIR at one."
+            f"{stage!r} first, or point +pipeline.inputs.{stage}=DIR / pipeline.from_run=RUN_DIR at one."
         )
 
     def data_root(self) -> Path:
@@ -127,7 +131,11 @@ def resolve_data_root(cfg: DictConfig) -> Path:
         return root
     from wsss.data.synthetic import ensure_synthetic_voc
 
-    syn = cfg.data.synthetic
+    syn = cfg.data.get("synthetic")
+    if syn is None:
+        target = cfg.data.get("source", {}).get("_target_", "this dataset")
+        raise ValueError(f"data.root is required for {target} (only data=voc has a synthetic "
+                         "stand-in); pass data.root=/path/to/the/dataset")
     return Path(ensure_synthetic_voc(
         Path(syn.root), num_train=syn.num_train, num_val=syn.num_val, seed=syn.seed,
         image_size=tuple(syn.image_size), classes=list(syn.classes) if syn.classes else None,
@@ -136,6 +144,19 @@ def resolve_data_root(cfg: DictConfig) -> Path:
 
 def finish_stage(ctx: StageContext, metrics: Mapping[str, Any]) -> None:
     write_json(ctx.out_dir / METRICS_FILE, {"stage": ctx.name, **metrics})
+
+
+def finished_stage_dir(run_dir: Path, stage: str) -> Path | None:
+    """``run_dir``'s finished copy of ``stage``: its own, or the one it reused (``reused.json``)."""
+    own = run_dir / "stages" / stage
+    if (own / METRICS_FILE).is_file():
+        return own
+    record = run_dir / REUSED_FILE
+    if record.is_file():
+        reused = read_json(record).get(stage)
+        if reused and (Path(reused) / METRICS_FILE).is_file():
+            return Path(reused)
+    return None
 
 
 def read_metrics(stage_dir: Path) -> dict[str, Any]:

@@ -14,7 +14,15 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from wsss.pipeline.context import METRICS_FILE, StageContext, finish_stage, read_metrics
+from wsss.io import write_json
+from wsss.pipeline.context import (
+    METRICS_FILE,
+    REUSED_FILE,
+    StageContext,
+    finish_stage,
+    finished_stage_dir,
+    read_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +59,13 @@ def _close(loggers: list[Logger]) -> None:
 def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
     """Run the pipeline; returns {stage: metrics}. Finished stages are reused with ``skip_done``."""
     L.seed_everything(cfg.seed, workers=True)
+    check_num_classes(cfg)
     pipe = cfg.pipeline
     unknown = [s for s in (pipe.only or []) if s not in pipe.order]
     if unknown:
         raise KeyError(f"pipeline.only names stages {unknown} not in pipeline.order {list(pipe.order)}")
     results: dict[str, dict] = {}
+    reused: dict[str, str] = {}
     # from_run stages are reused only as a prefix of the order: once a stage runs here, later
     # stages depend on it and must run here too, even if from_run has a stage of that name.
     prefix = True
@@ -67,7 +77,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         if (pipe.only and name not in pipe.only) or (reusable is not None and not pipe.only):
             if reusable is not None:
                 results[name] = read_metrics(reusable)
+                if reusable != stage_dir:
+                    reused[name] = str(reusable.resolve())
             continue
+        if prefix and reused and L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+            write_json(run_dir / REUSED_FILE, reused)  # before any stage here can need it
         prefix = False
         log.info("stage %s", name)
         ctx = StageContext(cfg, name, run_dir, loggers=make_loggers(cfg, name, run_dir))
@@ -83,17 +97,35 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
             finish_stage(ctx, metrics)
         results[name] = {"stage": name, **metrics}  # the same dict metrics.json holds
+    if prefix and reused and L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        write_json(run_dir / REUSED_FILE, reused)  # every stage was reused
     print_summary(results)
     return results
+
+
+def check_num_classes(cfg: DictConfig) -> None:
+    """``data.num_classes`` sizes every network head; it must be the dataset's class count."""
+    from wsss.data.sources import open_source
+    from wsss.pipeline.context import resolve_data_root
+
+    data = cfg.data
+    src = open_source(data.get("source"), resolve_data_root(cfg), cfg.protocol.eval_split,
+                      splits=data.get("splits"), check_images=False)  # fmt: skip
+    if int(data.num_classes) != src.num_classes:
+        raise ValueError(
+            f"data.num_classes={data.num_classes} but {src!r} has {src.num_classes} classes "
+            f"({', '.join(src.class_names[:5])}, ...); set data.num_classes={src.num_classes}"
+        )
 
 
 def _finished_elsewhere(cfg: DictConfig, name: str, stage_dir: Path, from_run: bool) -> Path | None:
     """A finished copy of this stage to reuse: this run's (``skip_done``) or ``from_run``'s."""
     pipe = cfg.pipeline
     candidates = [stage_dir] if pipe.skip_done else []
-    if from_run and pipe.get("from_run"):
-        candidates.append(Path(pipe.from_run) / "stages" / name)
-    return next((c for c in candidates if (c / METRICS_FILE).is_file()), None)
+    found = next((c for c in candidates if (c / METRICS_FILE).is_file()), None)
+    if found is None and from_run and pipe.get("from_run"):
+        found = finished_stage_dir(Path(pipe.from_run), name)
+    return found
 
 
 def print_summary(results: dict[str, dict]) -> None:
