@@ -8,9 +8,9 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF_DIR, compose_cfg
+from tests.conftest import CONF_DIR, TINY, compose_cfg
 
-GROUPS = ["backbone", "method", "pipeline", "trainer", "logger", "data"]
+GROUPS = ["backbone", "method", "pipeline", "trainer", "logger"]
 
 
 def options(group: str) -> list[str]:
@@ -24,6 +24,32 @@ def test_every_option_composes_and_resolves(group: str, option: str) -> None:
     for stage in cfg.pipeline.order:
         assert stage in cfg.stages, f"{group}={option}: stage {stage} has no config"
         assert cfg.stages[stage]._target_.startswith("wsss.pipeline.stages.")
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_every_dataset_composes_and_resolves(option: str, tmp_path: Path) -> None:
+    (tmp_path / "classes.txt").write_text("cat\ndog\nperson\n")  # read by data=folder
+    tiny = [o for o in TINY if not o.startswith("data.synthetic")]
+    overrides = [] if option == "voc" else [f"data.root={tmp_path}"]
+    cfg = compose_cfg([*tiny, f"data={option}", *overrides], tiny=False)
+    OmegaConf.resolve(cfg)
+    expected = {"voc": 20, "coco": 80, "context": 59, "folder": 3}[option]
+    assert cfg.data.num_classes == expected
+    assert cfg.method.num_classes == expected == cfg.stages.train_seg.module.num_classes
+    assert cfg.data.module.source._target_ == cfg.data.source._target_
+
+
+@pytest.mark.parametrize("option", ["coco", "context"])
+def test_dataset_without_root_names_the_key(option: str) -> None:
+    from wsss.pipeline.context import resolve_data_root
+
+    with pytest.raises(ValueError, match="data.root is required"):
+        resolve_data_root(compose_cfg([f"data={option}"], tiny=False))
+
+
+def test_folder_without_root_names_the_key() -> None:
+    with pytest.raises(Exception, match="data.root"):
+        OmegaConf.resolve(compose_cfg(["data=folder"], tiny=False))
 
 
 def test_synthetic_defaults_switch_to_real_voc_defaults_with_data_root() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -14,7 +15,19 @@ def _if_synthetic(root: Any, synthetic_value: Any, real_value: Any) -> Any:
     return OmegaConf.create(value) if isinstance(value, (list, dict)) else value
 
 
+def _folder_num_classes(root: Any) -> int:
+    """Number of classes listed in ``<root>/classes.txt`` of a user image folder."""
+    from wsss.data.folder import read_classes
+
+    if root is None:
+        raise ValueError("data=folder needs data.root=DIR (the folder holding classes.txt)")
+    return len(read_classes(Path(str(root)).expanduser() / "classes.txt"))
+
+
 def register_resolvers() -> None:
-    """Register ``${wsss.if_synthetic:${data.root},<synthetic>,<real>}`` (idempotent)."""
+    """Register ``${wsss.if_synthetic:${data.root},<synthetic>,<real>}`` and
+    ``${wsss.folder_num_classes:${data.root}}`` (idempotent)."""
     if not OmegaConf.has_resolver("wsss.if_synthetic"):
         OmegaConf.register_new_resolver("wsss.if_synthetic", _if_synthetic)
+    if not OmegaConf.has_resolver("wsss.folder_num_classes"):
+        OmegaConf.register_new_resolver("wsss.folder_num_classes", _folder_num_classes)

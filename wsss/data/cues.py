@@ -28,7 +28,7 @@ from scipy.ndimage import zoom
 from torch.utils.data import Dataset
 
 from wsss.data.labels import IGNORE
-from wsss.data.voc import VOCSource
+from wsss.data.sources import Source
 from wsss.io import load_label_png
 
 RESIZE_MODES = ("warp", "crop")
@@ -63,7 +63,7 @@ class CueDataset(Dataset):
         hflip_prob: horizontal flip probability (SEC: 0).
     """
 
-    def __init__(self, source: VOCSource, cue_dir: str | os.PathLike, input_size: int,
+    def __init__(self, source: Source, cue_dir: str | os.PathLike, input_size: int,
                  mean: Sequence[float], std: Sequence[float], resize: str = "warp",
                  scale_range: Sequence[float] = (1.0, 1.0), hflip_prob: float = 0.0) -> None:  # fmt: skip
         if resize not in RESIZE_MODES:

@@ -1,4 +1,5 @@
-"""Lightning DataModule for VOC-style data; every setting comes from the Hydra config."""
+"""Lightning DataModule over any dataset source (VOC, COCO, Context, a folder); every setting
+comes from the Hydra config."""
 
 from __future__ import annotations
 
@@ -17,16 +18,16 @@ from wsss.data.datasets import (
     SegmentationDataset,
     collate_single,
 )
+from wsss.data.sources import Source, open_source
 from wsss.data.transforms import build_eval_transform, build_train_transform
-from wsss.data.voc import VOCSource
 
 log = logging.getLogger(__name__)
 
 MODES = ("classification", "segmentation")
 
 
-class VOCDataModule(L.LightningDataModule):
-    """Train / val / full-image inference loaders over a VOC tree.
+class WSSSDataModule(L.LightningDataModule):
+    """Train / val / full-image inference loaders over a dataset source (``data.source``).
 
     ``mode="classification"``: train batches dict(image (B,3,crop,crop), labels (B,20), name, index
     [, saliency]); val is the same over ``val_split`` with images resized (long side = crop) and
@@ -35,8 +36,10 @@ class VOCDataModule(L.LightningDataModule):
     samples with GT masks (see :func:`collate_single`).
 
     Args:
-        root: ``VOCdevkit/VOC2012``. train_split/val_split: split names or .txt paths.
-        mask_dir: preferred GT mask folder (``SegmentationClassAug`` or ``SegmentationClass``).
+        root: the dataset root (VOC: ``VOCdevkit/VOC2012``). train_split/val_split: generic split
+            names (mapped through ``splits``) or .txt paths.
+        mask_dir: preferred GT mask folder (VOC: ``SegmentationClassAug`` or ``SegmentationClass``;
+            None = the source's default).
         crop_size: train crop side (or (H, W)). scale_range: random rescale range (factors, or
             long-side pixels when ``scale_mode="long_side"``).
         color_jitter: ``v2.ColorJitter`` kwargs or None. mean/std: normalisation of [0, 1] RGB.
@@ -45,16 +48,20 @@ class VOCDataModule(L.LightningDataModule):
         val_mask_dir: GT folder for validation / inference masks (None = ``mask_dir``); real VOC
             evaluation uses ``SegmentationClass`` (with the 255 void band).
         hflip_prob: horizontal flip probability. drop_last: drop the last incomplete train batch.
+        source: ``data.source`` node (``_target_`` + kwargs) or a callable; None = VOC.
+        splits: generic -> dataset split names (``data.splits``), e.g. COCO ``val: val2014``.
     """
 
-    def __init__(self, *, root: str | os.PathLike, train_split: str, val_split: str, mask_dir: str,
+    def __init__(self, *, root: str | os.PathLike, train_split: str, val_split: str,
+                 mask_dir: str | None,
                  batch_size: int, num_workers: int, crop_size: int | Sequence[int],
                  scale_range: Sequence[float], color_jitter: Mapping[str, float] | None,
                  mean: Sequence[float], std: Sequence[float], mode: str,
                  label_dir: str | os.PathLike | None = None,
                  saliency_dir: str | os.PathLike | None = None,
                  val_mask_dir: str | None = None, scale_mode: str = "factor",
-                 hflip_prob: float = 0.5, drop_last: bool = True) -> None:  # fmt: skip
+                 hflip_prob: float = 0.5, drop_last: bool = True, source: Any = None,
+                 splits: Mapping[str, str] | None = None) -> None:  # fmt: skip
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -70,14 +77,16 @@ class VOCDataModule(L.LightningDataModule):
             color_jitter=dict(color_jitter) if color_jitter else None, hflip_prob=hflip_prob,
             scale_mode=scale_mode)  # fmt: skip
         self.drop_last = drop_last
+        self.source_spec, self.splits = source, dict(splits or {})
         self._datasets: dict[str, Dataset] = {}
 
     @property
     def num_classes(self) -> int:
-        return 20
+        return self.source(self.train_split).num_classes
 
-    def source(self, split: str, mask_dir: str | None = None) -> VOCSource:
-        return VOCSource(self.root, split, mask_dir=mask_dir or self.mask_dir)
+    def source(self, split: str, mask_dir: str | None = None) -> Source:
+        return open_source(self.source_spec, self.root, split, splits=self.splits,
+                           mask_dir=mask_dir or self.mask_dir)  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
         """Build datasets lazily (fails early with FileNotFoundError on a broken tree)."""
@@ -135,3 +144,6 @@ class VOCDataModule(L.LightningDataModule):
         """Batch-1 loader of :meth:`inference_dataset` (default split: ``self.predict_split``)."""
         dataset = self.inference_dataset(split or self.predict_split, with_mask)
         return self._loader(dataset, 1, False, collate_fn=collate_single)
+
+
+VOCDataModule = WSSSDataModule  # the name configs and user code used before other datasets

@@ -1,4 +1,4 @@
-"""Torch datasets over a :class:`~wsss.data.voc.VOCSource`.
+"""Torch datasets over a dataset source (:class:`~wsss.data.sources.Source`: VOC, COCO, ...).
 
 All samples are dicts. Shapes: image (3, H, W) float32 (normalised), labels (20,) float32
 multi-hot, mask (H, W) int64 (0 bg, c + 1 class c, 255 ignore), saliency (1, H, W) float32 in
@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from wsss.data.transforms import finalize, to_tv_tensors
-from wsss.data.voc import VOCSource
+from wsss.data.sources import Source
 from wsss.io import load_label_png
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
@@ -27,7 +27,7 @@ Transform = Callable[[dict[str, Any]], dict[str, Any]]
 class _VOCDataset(Dataset):
     """Shared plumbing: id lookup, optional saliency maps, transform application."""
 
-    def __init__(self, source: VOCSource, transform: Transform | None = None,
+    def __init__(self, source: Source, transform: Transform | None = None,
                  saliency_dir: str | os.PathLike | None = None) -> None:  # fmt: skip
         self.source = source
         self.transform = transform
@@ -89,7 +89,7 @@ class SegmentationDataset(_VOCDataset):
     The mask is the GT of the source, or ``<label_dir>/<id>.png`` (pseudo labels) if given.
     """
 
-    def __init__(self, source: VOCSource, transform: Transform | None = None,
+    def __init__(self, source: Source, transform: Transform | None = None,
                  label_dir: str | os.PathLike | None = None,
                  saliency_dir: str | os.PathLike | None = None) -> None:  # fmt: skip
         super().__init__(source, transform, saliency_dir)
@@ -126,7 +126,7 @@ class InferenceDataset(_VOCDataset):
         with_mask: True requires a GT mask per id, False never loads it, None adds it when present.
     """
 
-    def __init__(self, source: VOCSource, transform: Transform | None = None,
+    def __init__(self, source: Source, transform: Transform | None = None,
                  with_mask: bool | None = None,
                  saliency_dir: str | os.PathLike | None = None) -> None:  # fmt: skip
         super().__init__(source, transform, saliency_dir)

@@ -10,17 +10,25 @@ from torch.utils.data import Dataset
 
 from wsss.data.datasets import InferenceDataset
 from wsss.data.transforms import build_eval_transform
-from wsss.data.voc import VOCSource
+from wsss.data.sources import Source, open_source
 from wsss.io import load_npz
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.protocol import holdout_ids
 
 
-def source(ctx: StageContext, split: str, for_eval: bool = False) -> VOCSource:
-    """VOC source of a split; evaluation reads the official masks (``data.eval_mask_dir``)."""
+def source(ctx: StageContext, split: str, for_eval: bool = False, check_images: bool = True) -> Source:
+    """The ``data.source`` reader of a (generic) split; evaluation reads ``data.eval_mask_dir``
+    (VOC: the official masks with the void band)."""
     data = ctx.cfg.data
-    mask_dir = data.eval_mask_dir if for_eval else data.module.mask_dir
-    return VOCSource(ctx.data_root(), split, mask_dir=mask_dir)
+    mask_dir = data.get("eval_mask_dir") if for_eval else data.module.get("mask_dir")
+    return open_source(data.get("source"), ctx.data_root(), split, splits=data.get("splits"),
+                       mask_dir=mask_dir, check_images=check_images)  # fmt: skip
+
+
+def class_names(ctx: StageContext, with_background: bool = True) -> tuple[str, ...]:
+    """The dataset's class names (index c = mask value c + 1), background first if asked."""
+    names = source(ctx, ctx.cfg.protocol.eval_split, check_images=False).class_names
+    return ("background", *names) if with_background else tuple(names)
 
 
 def threshold_ids(ctx: StageContext) -> list[str]:
@@ -43,13 +51,13 @@ def stage_images(ctx: StageContext, splits: Sequence[str], include_holdout: bool
     if include_holdout:
         ids.update(dict.fromkeys(threshold_ids(ctx)))
     data = ctx.cfg.data.module
-    union = VOCSource(ctx.data_root(), splits[0], mask_dir=data.mask_dir, check_images=False)
+    union = source(ctx, splits[0], check_images=False)
     union.ids = list(ids)
     transform = build_eval_transform(mean=list(data.mean), std=list(data.std))
     return InferenceDataset(union, transform, with_mask=False)
 
 
-def load_rgb(src: VOCSource, image_id: str) -> np.ndarray:
+def load_rgb(src: Source, image_id: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image (for the CRF and for visualisation)."""
     return np.ascontiguousarray(src.load_image(image_id), dtype=np.uint8)
 

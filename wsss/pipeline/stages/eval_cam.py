@@ -13,13 +13,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wsss.data.labels import VOC_CLASSES
 from wsss.functional.cam import cams_to_label
 from wsss.io import load_npz
 from wsss.metrics.cam_threshold import ThresholdSweep
 from wsss.metrics.segmentation import class_names_iou, scores_from_confusion
 from wsss.pipeline.context import StageContext, read_metrics
-from wsss.pipeline.image_sets import cam_file, eval_ids, load_rgb, source, threshold_ids
+from wsss.pipeline.image_sets import cam_file, class_names, eval_ids, load_rgb, source, threshold_ids
 from wsss.pipeline.protocol import check_threshold_mode
 from wsss.pipeline.visualize import cam_panel, publish
 
@@ -66,7 +65,7 @@ def run(ctx: StageContext) -> dict:
     oracle_t, oracle_miou = evaluated.best()
     out.update(
         threshold=float(threshold), miou=float(chosen["miou"]),
-        per_class_iou=class_names_iou(chosen["iou"], ("background", *VOC_CLASSES)),
+        per_class_iou=class_names_iou(chosen["iou"], class_names(ctx)),
         oracle_threshold_on_eval=float(oracle_t), oracle_miou_on_eval=float(oracle_miou),
         includes=read_metrics(make_cam).get("includes", ""),
     )

@@ -13,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from wsss.data.labels import VOC_CLASSES
 from wsss.functional.crf import dense_crf
 from wsss.functional.segmentation import multiscale_probs
 from wsss.io import save_label_png
@@ -61,7 +60,7 @@ def run(ctx: StageContext) -> dict:
                                            gt.numpy().astype(np.uint8))))
     publish(panels, ctx.out_dir / "examples", "eval_seg/examples", ctx.loggers)
 
-    names = ("background", *VOC_CLASSES)
+    names = ("background", *gt_src.class_names)
     results = {kind: metric.compute() for kind, metric in metrics.items()}
     out = {"split": p.split, "num_reported": len(reported), "miou": float(results["single"]["miou"]),
            "miou_full_split": float(results["full"]["miou"]),

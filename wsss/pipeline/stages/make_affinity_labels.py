@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.data.labels import IGNORE, VOC_CLASSES, channels_to_label
+from wsss.data.labels import IGNORE, channels_to_label
 from wsss.functional.affinity import psa_affinity_label
 from wsss.functional.cam import background_power
 from wsss.functional.crf import dense_crf
@@ -84,7 +84,7 @@ class LabelScore:
         self.num_evaluated += 1
 
     def result(self, with_confident: bool = True) -> dict[str, Any]:
-        names = ("background", *VOC_CLASSES)
+        names = ("background", *self.gt_src.class_names)
         scores = self.all.compute()
         out: dict[str, Any] = {"miou": float(scores["miou"]), "num_evaluated": self.num_evaluated,
                                "per_class_iou": class_names_iou(scores["iou"], names),

@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.data.voc import VOCSource
+from wsss.data.sources import Source
 from wsss.functional.sec import (
     cue_statistics,
     cues_to_label_map,
@@ -48,7 +48,7 @@ def _area(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class _CueInputs(Dataset):
     """Per image: CAMs on the grid, keys, and the saliency on the grid or the warped image."""
 
-    def __init__(self, ids: list[str], src: VOCSource, cam_dir: Path, grid: int, mode: str,
+    def __init__(self, ids: list[str], src: Source, cam_dir: Path, grid: int, mode: str,
                  saliency_dir: Path | None, input_size: int, mean, std) -> None:  # fmt: skip
         self.ids, self.src, self.cam_dir, self.grid, self.mode = ids, src, cam_dir, (grid, grid), mode
         self.saliency_dir, self.input_size = saliency_dir, input_size

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wsss.data.labels import BACKGROUND, IGNORE, VOC_CLASSES
+from wsss.data.labels import BACKGROUND, IGNORE
 from wsss.functional.irn import instance_masks_from_walk, instances_from_displacement
 from wsss.io import load_label_png, save_npz
 from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from_semantic
@@ -99,7 +99,7 @@ def _run(ctx: StageContext) -> dict:
     ap = eval_instance_segmentation_voc(preds["masks"], preds["classes"], preds["scores"],
                                         preds["gt_masks"], preds["gt_classes"], iou_thresh=0.5,
                                         num_classes=ctx.cfg.data.num_classes)  # fmt: skip
-    per_class = {VOC_CLASSES[c]: float(v) for c, v in enumerate(ap["ap"]) if not np.isnan(v)}
+    per_class = {gt_src.class_names[c]: float(v) for c, v in enumerate(ap["ap"]) if not np.isnan(v)}
     gt_from = " + ".join(sorted(gt_kinds)) or "none"
     return {"split": p.split, "num_images": len(dataset), "num_evaluated": len(preds["masks"]),
             "instance_dir": "instances", "num_instances": num_instances,

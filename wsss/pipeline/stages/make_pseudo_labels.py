@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.data.labels import IGNORE, VOC_CLASSES
+from wsss.data.labels import IGNORE
 from wsss.functional.crf import dense_crf
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
@@ -93,7 +93,7 @@ def run(ctx: StageContext) -> dict:
             continue
         result = metrics[kind].compute()
         out[f"miou{suffix}"] = float(result["miou"])
-        out[f"per_class_iou{suffix}"] = class_names_iou(result["iou"], ("background", *VOC_CLASSES))
+        out[f"per_class_iou{suffix}"] = class_names_iou(result["iou"], ("background", *eval_src.class_names))
         out[f"ignored_fraction{suffix}"] = ignored[kind][0] / max(ignored[kind][1], 1)
     out["includes"] = (f"{read_metrics(make_cam).get('includes', 'CAMs')}; unsure (margin "
                        f"{p.ignore_margin}) counted as background in mIoU")

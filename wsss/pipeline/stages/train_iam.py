@@ -19,18 +19,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsss.data.datasets import collate_single
 from wsss.data.transforms import build_eval_transform, finalize, to_tv_tensors
-from wsss.data.voc import VOCSource
+from wsss.data.sources import Source
 from wsss.io import load_npz
 from wsss.methods.oaa import ACCUMULATED_DIR
 from wsss.pipeline.cam_inference import CAMInference, CAMWriter
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
-from wsss.pipeline.image_sets import stage_images
+from wsss.pipeline.image_sets import source, stage_images
 
 
 class IAMDataset(Dataset):
     """dict(image (3, S, S), target (C, S, S) in [0, 1], labels (C,), name) for ids with maps."""
 
-    def __init__(self, source: VOCSource, acc_dir: str | os.PathLike, size: int,
+    def __init__(self, source: Source, acc_dir: str | os.PathLike, size: int,
                  mean: list[float], std: list[float], num_classes: int) -> None:  # fmt: skip
         self.source, self.acc_dir, self.size, self.num_classes = source, Path(acc_dir), size, num_classes
         self.ids = [i for i in source.ids if (self.acc_dir / f"{i}.npz").is_file()]
@@ -59,7 +59,7 @@ class IAMDataset(Dataset):
 def run(ctx: StageContext) -> dict:
     p, data = ctx.params, ctx.cfg.data.module
     train_dir = ctx.input(p.accumulated_from)
-    src = VOCSource(ctx.data_root(), p.split, mask_dir=data.mask_dir)
+    src = source(ctx, p.split)
     dataset = IAMDataset(src, train_dir / ACCUMULATED_DIR, int(p.size), list(data.mean),
                          list(data.std), ctx.cfg.data.num_classes)  # fmt: skip
     loader = DataLoader(dataset, batch_size=p.batch_size, shuffle=True, num_workers=data.num_workers,

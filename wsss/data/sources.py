@@ -1,0 +1,75 @@
+"""One way to open a dataset split, whatever the dataset: the ``data.source`` config node.
+
+Every dataset reader (:class:`~wsss.data.voc.VOCSource`, :class:`~wsss.data.coco.COCOSource`,
+:class:`~wsss.data.context.ContextSource`, :class:`~wsss.data.folder.FolderSource`) offers the
+:class:`Source` interface, and datasets, DataModules and stages only use that interface.
+
+Stages name splits generically (``train_aug`` = the images the networks train on, ``train`` =
+the split pseudo-labels are evaluated on, ``val``); ``data.splits`` maps them to the dataset's
+own names (COCO: ``train2014`` / ``val2014``). Names not in the map are used as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Ids, files and image-level labels of one split. ``ids`` may be reassigned (a union of
+    splits); every per-id method must work for any id of the dataset, not only the split's."""
+
+    root: Path
+    split: str
+    ids: list[str]
+    class_names: tuple[str, ...]
+    num_classes: int
+
+    def __len__(self) -> int: ...
+    def name(self, index: int) -> str: ...
+    def image_path(self, name: str) -> Path: ...
+    def load_image(self, name: str) -> np.ndarray: ...  # (H, W, 3) uint8 RGB
+    def has_mask(self, name: str) -> bool: ...
+    def load_mask(self, name: str) -> np.ndarray: ...  # (H, W) uint8: 0 bg, c+1, 255 ignore
+    def labels(self, name: str) -> np.ndarray: ...  # (num_classes,) float32 multi-hot
+    def label_matrix(self) -> np.ndarray: ...
+
+
+SourceFactory = Callable[..., Source]
+
+
+def source_factory(spec: Mapping[str, Any] | DictConfig | SourceFactory | None) -> SourceFactory:
+    """A callable ``(root, split, mask_dir=..., check_images=...) -> Source`` from a config node
+    (``_target_`` + fixed kwargs), an existing callable, or None (VOC)."""
+    if spec is None:
+        from wsss.data.voc import VOCSource
+
+        return VOCSource
+    if callable(spec):
+        return spec
+    node = OmegaConf.create(dict(spec) if not isinstance(spec, DictConfig) else spec)
+    if "_target_" not in node:
+        raise KeyError(f"data.source needs a _target_ (e.g. wsss.data.voc.VOCSource), got {node}")
+    return instantiate(node, _partial_=True)
+
+
+def dataset_split(splits: Mapping[str, str] | None, split: str) -> str:
+    """The dataset's own name of a generic split name (identity when unmapped)."""
+    return str((splits or {}).get(str(split), split))
+
+
+def open_source(spec: Any, root: str | os.PathLike, split: str, *,
+                splits: Mapping[str, str] | None = None, mask_dir: str | None = None,
+                check_images: bool = True) -> Source:  # fmt: skip
+    """Open ``split`` (generic name, mapped through ``splits``) of the dataset at ``root``."""
+    kwargs: dict[str, Any] = {"check_images": check_images}
+    if mask_dir is not None:
+        kwargs["mask_dir"] = mask_dir
+    return source_factory(spec)(root, dataset_split(splits, split), **kwargs)
