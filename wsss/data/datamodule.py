@@ -33,7 +33,8 @@ class WSSSDataModule(L.LightningDataModule):
     [, saliency]); val is the same over ``val_split`` with images resized (long side = crop) and
     padded to the crop so they batch. ``mode="segmentation"``: train batches add mask (B,crop,crop)
     int64 from GT (or ``label_dir`` pseudo labels); val is full-size batch-1 :class:`InferenceDataset`
-    samples with GT masks (see :func:`collate_single`).
+    samples with GT masks (see :func:`collate_single`) over the val images that have one
+    (:meth:`has_val_masks` is False when none has: train without validation then).
 
     Args:
         root: the dataset root (VOC: ``VOCdevkit/VOC2012``). train_split/val_split: generic split
@@ -110,8 +111,20 @@ class WSSSDataModule(L.LightningDataModule):
                 self._datasets["val"] = ClassificationDataset(
                     self.source(self.val_split, self.val_mask_dir), tf, self.saliency_dir
                 )
-            else:
-                self._datasets["val"] = self.inference_dataset(self.val_split, with_mask=True)
+            else:  # mIoU needs GT: only the val images with a mask (none: no val batches)
+                val = self.inference_dataset(self.val_split, with_mask=True)
+                with_masks = [name for name in val.source.ids if val.source.has_mask(name)]
+                if len(with_masks) < len(val.source.ids):
+                    log.warning("val: %d of %d images of %s have no GT mask; validating on the other %d",
+                                len(val.source.ids) - len(with_masks), len(val.source.ids),
+                                self.val_split, len(with_masks))  # fmt: skip
+                    val.source.ids = with_masks
+                self._datasets["val"] = val
+
+    def has_val_masks(self) -> bool:
+        """Whether segmentation-mode validation has any image to score (val GT masks exist)."""
+        self.setup("validate")
+        return len(self._datasets["val"]) > 0
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, **kw: Any) -> DataLoader:
         workers = self.num_workers

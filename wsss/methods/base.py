@@ -17,17 +17,25 @@ def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
 
 class SegmentationValidation:
     """Mixin: full-image validation mIoU for modules whose ``forward`` returns (B, C+1, H, W)
-    logits and which own ``self.val_metric`` (a SegmentationMetric)."""
+    logits and which own ``self.val_metric`` (a SegmentationMetric).
+
+    Batches without a GT ``mask`` are skipped; an epoch that scored nothing logs no ``val/miou``
+    (the stages turn validation off when the val split has no GT masks)."""
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if "mask" not in batch:
+            return
         logits = self(batch["image"])
         for pred, gt in zip(logits.argmax(1), batch["mask"]):
             self.val_metric.update(pred.cpu(), gt.cpu())
+        self._val_scored = True
 
     def on_validation_epoch_end(self) -> None:
-        result = self.val_metric.compute()
-        self.log("val/miou", float(result["miou"]))
+        if getattr(self, "_val_scored", False):
+            result = self.val_metric.compute()
+            self.log("val/miou", float(result["miou"]))
         self.val_metric.reset()
+        self._val_scored = False
 
 
 class WSSSModule(L.LightningModule):

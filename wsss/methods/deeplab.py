@@ -24,7 +24,7 @@ class DeepLabModule(SegmentationValidation, WSSSModule):
         self.num_classes = num_classes + 1
         self.backbone = build_backbone(**backbone)
         self.head = DeepLabHead(self.backbone.out_channels, self.num_classes, list(atrous_rates))
-        self.val_metric = SegmentationMetric(self.num_classes)
+        self.val_metric = SegmentationMetric(self.num_classes, sync=True)
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, num_classes, H, W) logits at input resolution."""

@@ -104,7 +104,7 @@ class SECModule(SegmentationValidation, WSSSModule):
         self.infer_size = infer_size
         self.crf_fn: CRFFn | None = None  # replaces the dense CRF (tests, custom targets)
         self._pool: Executor | None = None
-        self.val_metric = SegmentationMetric(self.num_classes)
+        self.val_metric = SegmentationMetric(self.num_classes, sync=True)
 
     # -- network -----------------------------------------------------------------------------
     def scores(self, images: Tensor) -> Tensor:

@@ -59,7 +59,7 @@ class SegmentationMetric(nn.Module):
     """Accumulates a confusion matrix of integer predictions against ground-truth masks.
 
     A thin wrapper over torchmetrics' ``MulticlassConfusionMatrix`` (so it moves with a
-    LightningModule and syncs across processes). Conventions:
+    LightningModule and, with ``sync=True``, sums DDP ranks in ``compute``). Conventions:
 
     * GT pixels equal to 255 (:data:`~wsss.data.labels.IGNORE`) are not counted;
     * predictions equal to 255 are scored as **background** (IRN ``eval_sem_seg`` sets them to 0);
@@ -68,16 +68,18 @@ class SegmentationMetric(nn.Module):
 
     Args:
         num_classes: Number of mask classes including background (21 for VOC).
+        sync: Sum the ranks' matrices in ``compute`` (a collective: every rank must call it).
+            False for the pipeline's rank-0-only stages, True in LightningModules.
     """
 
-    def __init__(self, num_classes: int = 21) -> None:
+    def __init__(self, num_classes: int = 21, sync: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         # Own range checks below are cheaper than torchmetrics' torch.unique-based validation.
         self.confmat = MulticlassConfusionMatrix(
-            num_classes, ignore_index=IGNORE, validate_args=False
+            num_classes, ignore_index=IGNORE, validate_args=False, sync_on_compute=sync
         )
 
     def update(self, pred: Tensor | np.ndarray, target: Tensor | np.ndarray) -> None:
@@ -111,7 +113,6 @@ class SegmentationMetric(nn.Module):
 
     def compute(self) -> dict[str, Any]:
         """Scores of everything accumulated: see :func:`scores_from_confusion`."""
-        # .compute() (not the raw state) so DDP ranks are summed.
         return scores_from_confusion(self.confmat.compute())
 
     def forward(self, pred: Tensor | np.ndarray, target: Tensor | np.ndarray) -> None:

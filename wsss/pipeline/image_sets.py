@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,21 @@ def eval_ids(ctx: StageContext, split: str) -> list[str]:
     """Ids of ``split`` minus the held-out threshold subset (so tuning images are not reported)."""
     held = set(threshold_ids(ctx))
     return [i for i in source(ctx, split).ids if i not in held]
+
+
+def with_gt(src: Source, ids: Iterable[str]) -> list[str]:
+    """The ids (order kept) that have a GT mask in ``src``; evaluation scores only these.
+
+    Datasets with masks for every image (VOC, COCO, Context) keep every id; a folder of images
+    without ``masks/`` keeps none, and stages then report ``miou: null`` (see :func:`no_gt_note`).
+    """
+    return [i for i in ids if src.has_mask(i)]
+
+
+def no_gt_note(split: str, num_ids: int) -> str:
+    """The ``note`` of a stage whose evaluated images have no GT mask (nothing was scored)."""
+    return (f"no GT masks: none of the {num_ids} evaluated images of split {split!r} has a mask, "
+            "so nothing is scored (scores are null); every label / prediction file is still written")
 
 
 def stage_images(ctx: StageContext, splits: Sequence[str], include_holdout: bool) -> Dataset:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-THRESHOLD_MODES = ("holdout", "fixed", "tune_on_eval")
+# auto: holdout when the held-out images have GT masks, else fixed (the data=folder default).
+THRESHOLD_MODES = ("holdout", "fixed", "tune_on_eval", "auto")
 
 
 def holdout_ids(ids: Sequence[str], fraction: float, seed: int) -> list[str]:
@@ -28,6 +29,10 @@ def holdout_ids(ids: Sequence[str], fraction: float, seed: int) -> list[str]:
     count = max(1, math.ceil(fraction * len(ordered)))
     picks = np.random.default_rng(seed).permutation(len(ordered))[:count]
     return sorted(ordered[i] for i in picks)
+
+
+class MissingGroundTruthError(ValueError):
+    """An evaluation protocol needs GT masks that the data does not have."""
 
 
 def check_threshold_mode(mode: str) -> str:

@@ -1,6 +1,7 @@
 """Markdown table of the headline numbers of finished runs: ``python -m wsss.pipeline.report RUN...``.
 
-Reads only the runs' ``stages/*/metrics.json`` files; a column is blank where a run lacks that stage.
+Reads only the runs' ``stages/*/metrics.json`` files; a column is blank where a run lacks that stage
+and ``n/a`` where the stage ran but had no GT masks to score against (``null`` in metrics.json).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def table(runs: list[Path], names: list[str] | None = None) -> str:
         cells = []
         for _, stages, key in COLUMNS:
             stages = (stages,) if isinstance(stages, str) else stages
-            value = next((metrics[s][key] for s in stages if key in metrics.get(s, {})), None)
-            cells.append("" if value is None else f"{value:.3f}")
+            found = next((s for s in stages if key in metrics.get(s, {})), None)
+            value = metrics[found][key] if found is not None else None
+            cells.append("" if found is None else "n/a" if value is None else f"{value:.3f}")
         rows.append(f"| {names[index] if names else run.name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

@@ -64,6 +64,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
     unknown = [s for s in (pipe.only or []) if s not in pipe.order]
     if unknown:
         raise KeyError(f"pipeline.only names stages {unknown} not in pipeline.order {list(pipe.order)}")
+    check_threshold_protocol(cfg, run_dir)
     results: dict[str, dict] = {}
     reused: dict[str, str] = {}
     # from_run stages are reused only as a prefix of the order: once a stage runs here, later
@@ -80,9 +81,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
                 if reusable != stage_dir:
                     reused[name] = str(reusable.resolve())
             continue
-        if prefix and reused and L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        if prefix and reused and _rank() == 0:
             write_json(run_dir / REUSED_FILE, reused)  # before any stage here can need it
         prefix = False
+        all_ranks = bool(cfg.stages[name].get("all_ranks", False))
+        if _rank() != 0 and not all_ranks:
+            results[name] = _wait_for_rank_zero(stage_dir, float(pipe.get("rank_wait_s", 86400)))
+            continue
         log.info("stage %s", name)
         ctx = StageContext(cfg, name, run_dir, loggers=make_loggers(cfg, name, run_dir))
         start = time.perf_counter()
@@ -94,13 +99,40 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
         finally:
             _close(ctx.loggers)
-        if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        if all_ranks:
+            _barrier()  # every rank's share (e.g. predicted CAMs) is on disk before the marker
+        if _rank() == 0:
             finish_stage(ctx, metrics)
         results[name] = {"stage": name, **metrics}  # the same dict metrics.json holds
-    if prefix and reused and L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+    if prefix and reused and _rank() == 0:
         write_json(run_dir / REUSED_FILE, reused)  # every stage was reused
     print_summary(results)
     return results
+
+
+def _rank() -> int:
+    """Global rank (0 without DDP); Lightning sets it from the launcher's environment."""
+    return int(L.fabric.utilities.rank_zero.rank_zero_only.rank)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _wait_for_rank_zero(stage_dir: Path, timeout_s: float, poll_s: float = 2.0) -> dict:
+    """Under DDP only stages with ``all_ranks: true`` (those that fit or predict with a Trainer)
+    run on every rank; the others run on rank 0 while the rest wait for its metrics.json."""
+    deadline = time.monotonic() + timeout_s
+    marker = stage_dir / METRICS_FILE
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {_rank()}: rank 0 did not finish {stage_dir} within "
+                               f"{timeout_s:.0f} s (pipeline.rank_wait_s)")
+        time.sleep(poll_s)
+    return read_metrics(stage_dir)
 
 
 def check_num_classes(cfg: DictConfig) -> None:
@@ -118,6 +150,21 @@ def check_num_classes(cfg: DictConfig) -> None:
         )
 
 
+def check_threshold_protocol(cfg: DictConfig, run_dir: Path) -> None:
+    """Fail before any training when ``eval_cam`` will run with a ``protocol.threshold_mode``
+    that needs GT masks the data lacks (e.g. ``holdout`` on a folder without masks)."""
+    pipe, name = cfg.pipeline, "eval_cam"
+    if name not in pipe.order or name not in cfg.stages or (pipe.only and name not in pipe.only):
+        return
+    if not pipe.only and _finished_elsewhere(cfg, name, run_dir / "stages" / name, from_run=True):
+        return  # reused, not run
+    if cfg.stages[name].get("_target_") != "wsss.pipeline.stages.eval_cam.run":
+        return
+    from wsss.pipeline.stages.eval_cam import threshold_plan
+
+    threshold_plan(StageContext(cfg, name, run_dir))
+
+
 def _finished_elsewhere(cfg: DictConfig, name: str, stage_dir: Path, from_run: bool) -> Path | None:
     """A finished copy of this stage to reuse: this run's (``skip_done``) or ``from_run``'s."""
     pipe = cfg.pipeline
@@ -129,11 +176,15 @@ def _finished_elsewhere(cfg: DictConfig, name: str, stage_dir: Path, from_run: b
 
 
 def print_summary(results: dict[str, dict]) -> None:
+    """The HEADLINE figures per stage; ``null`` ones (no GT masks to score against) show as n/a."""
     table = Table(title="wsss results")
     for column in ("stage", "metric", "value", "includes"):
         table.add_column(column)
     for stage, metrics in results.items():
         for key in HEADLINE:
-            if isinstance(metrics.get(key), (int, float)):
-                table.add_row(stage, key, f"{metrics[key]:.4f}", str(metrics.get("includes", ""))[:60])
+            value = metrics.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                table.add_row(stage, key, f"{value:.4f}", str(metrics.get("includes", ""))[:60])
+            elif key in metrics and value is None:
+                table.add_row(stage, key, "n/a", "no GT masks to score against")
     Console().print(table)

@@ -3,6 +3,8 @@
 ``miou`` is single-scale without CRF; ``miou_ms`` adds the configured scales + flip; ``miou_crf``
 adds dense CRF on top of the multi-scale (or single-scale) probabilities. Images of the held-out
 threshold subset are excluded; ``miou_full_split`` (single-scale) includes them for comparison.
+Only images with a GT mask are scored (``num_evaluated``); every image gets a prediction PNG, and
+without any GT mask the scores are ``null``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from wsss.functional.segmentation import multiscale_probs
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model
-from wsss.pipeline.image_sets import eval_ids, load_rgb, source, stage_images
+from wsss.pipeline.image_sets import eval_ids, load_rgb, no_gt_note, source, stage_images
 from wsss.pipeline.visualize import cam_panel, publish
 
 
@@ -31,6 +33,7 @@ def run(ctx: StageContext) -> dict:
     reported = set(eval_ids(ctx, p.split))
     gt_src = source(ctx, p.split, for_eval=True)
     dataset = stage_images(ctx, [p.split], include_holdout=False)
+    counts = {"reported": 0, "full": 0}  # images scored (with a GT mask)
     n = ctx.cfg.data.num_classes + 1
     multi = list(p.scales) != [1.0] or p.flip
     kinds = ["single", "full"] + (["ms"] if multi else []) + (["crf"] if p.crf else [])
@@ -40,7 +43,7 @@ def run(ctx: StageContext) -> dict:
     for index in tqdm(range(len(dataset)), desc="eval_seg"):
         item = dataset[index]
         name, image = item["name"], item["image"][None].to(device)
-        gt = torch.from_numpy(gt_src.load_mask(name).astype(np.int64))
+        gt = torch.from_numpy(gt_src.load_mask(name).astype(np.int64)) if gt_src.has_mask(name) else None
         probs = {"single": multiscale_probs(model, image).cpu()}
         if multi:
             probs["ms"] = multiscale_probs(model, image, p.scales, p.flip).cpu()
@@ -49,27 +52,40 @@ def run(ctx: StageContext) -> dict:
         if p.crf:
             marginals = dense_crf(load_rgb(gt_src, name), best.numpy(), **crf_params)
             preds["crf"] = torch.from_numpy(marginals.argmax(0))
-        metrics["full"].update(preds["single"], gt)
-        if name in reported:
+        if gt is not None:
+            metrics["full"].update(preds["single"], gt)
+            counts["full"] += 1
+        if gt is not None and name in reported:
+            counts["reported"] += 1
             for kind, pred in preds.items():
                 metrics[kind].update(pred, gt)
         final = preds["crf" if p.crf else ("ms" if multi else "single")].numpy().astype(np.uint8)
         save_label_png(ctx.out_dir / "predictions" / f"{name}.png", final)
-        if len(panels) < p.num_examples and name in reported:
-            panels.append((name, cam_panel(load_rgb(gt_src, name), np.zeros((0,)), final,
-                                           gt.numpy().astype(np.uint8))))
+        if len(panels) < p.num_examples and name in reported:  # GT column when there is GT
+            masks = [final] + ([gt.numpy().astype(np.uint8)] if gt is not None else [])
+            panels.append((name, cam_panel(load_rgb(gt_src, name), np.zeros((0,)), *masks)))
     publish(panels, ctx.out_dir / "examples", "eval_seg/examples", ctx.loggers)
 
     names = ("background", *gt_src.class_names)
-    results = {kind: metric.compute() for kind, metric in metrics.items()}
-    out = {"split": p.split, "num_reported": len(reported), "miou": float(results["single"]["miou"]),
-           "miou_full_split": float(results["full"]["miou"]),
-           "per_class_iou": class_names_iou(results["single"]["iou"], names)}
+    # Nothing is computed (or reported) for a kind that scored no image with a GT mask.
+    results = {kind: metric.compute() for kind, metric in metrics.items()
+               if counts["full" if kind == "full" else "reported"]}
+
+    def miou(kind: str) -> float | None:
+        return float(results[kind]["miou"]) if kind in results else None
+
+    def per_class(kind: str) -> dict[str, float]:
+        return class_names_iou(results[kind]["iou"], names) if counts["reported"] else {}
+
+    out = {"split": p.split, "num_reported": len(reported), "num_evaluated": counts["reported"],
+           "miou": miou("single"), "miou_full_split": miou("full"), "per_class_iou": per_class("single")}
     if multi:
-        out["miou_ms"] = float(results["ms"]["miou"])
+        out["miou_ms"] = miou("ms")
         out["ms_protocol"] = f"scales {list(p.scales)}, flip={bool(p.flip)}"
     if p.crf:
-        out["miou_crf"] = float(results["crf"]["miou"])
-        out["per_class_iou_crf"] = class_names_iou(results["crf"]["iou"], names)
+        out["miou_crf"] = miou("crf")
+        out["per_class_iou_crf"] = per_class("crf")
     out["predictions"] = "predictions (" + ("CRF" if p.crf else "ms" if multi else "single-scale") + ")"
+    if not counts["reported"]:
+        out["note"] = no_gt_note(p.split, len(reported))
     return out

@@ -30,7 +30,7 @@ from wsss.functional.crf import dense_crf
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.context import StageContext, read_metrics
-from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, source
+from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source
 
 
 class PerImage(Dataset):
@@ -62,15 +62,18 @@ class LabelScore:
 
     ``miou``: 255 counted as background (the repo convention, IRN eval). ``miou_confident``: only
     pixels the label commits to. ``ignored_fraction``: share of 255 over all labelled pixels.
+    Only evaluated ids with a GT mask are scored (``num_evaluated``); with none, the scores are
+    ``None`` (``miou: null`` in metrics.json) and ``note`` says why.
     """
 
     def __init__(self, ctx: StageContext) -> None:
         proto = ctx.cfg.protocol
+        self.split = proto.eval_split
         self.evaluated = set(eval_ids(ctx, proto.eval_split))
         self.gt_src = source(ctx, proto.eval_split, for_eval=True)
         n = ctx.cfg.data.num_classes + 1
         self.all, self.confident = SegmentationMetric(n), SegmentationMetric(n)
-        self.ignored, self.total, self.num_evaluated = 0, 0, 0
+        self.ignored, self.total, self.num_evaluated, self.num_without_gt = 0, 0, 0, 0
 
     def update(self, image_id: str, label: np.ndarray) -> None:
         label_t = torch.as_tensor(np.asarray(label)).long()
@@ -78,17 +81,27 @@ class LabelScore:
         self.total += label_t.numel()
         if image_id not in self.evaluated:
             return
+        if not self.gt_src.has_mask(image_id):
+            self.num_without_gt += 1
+            return
         gt = torch.from_numpy(self.gt_src.load_mask(image_id).astype(np.int64))
         self.all.update(label_t, gt)
         self.confident.update(label_t, torch.where(label_t == IGNORE, IGNORE, gt))
         self.num_evaluated += 1
 
     def result(self, with_confident: bool = True) -> dict[str, Any]:
+        if not self.num_evaluated:
+            out: dict[str, Any] = {"miou": None, "num_evaluated": 0, "per_class_iou": {},
+                                   "ignored_fraction": self.ignored / max(self.total, 1),
+                                   "note": no_gt_note(self.split, self.num_without_gt)}  # fmt: skip
+            if with_confident:
+                out["miou_confident"] = None
+            return out
         names = ("background", *self.gt_src.class_names)
         scores = self.all.compute()
-        out: dict[str, Any] = {"miou": float(scores["miou"]), "num_evaluated": self.num_evaluated,
-                               "per_class_iou": class_names_iou(scores["iou"], names),
-                               "ignored_fraction": self.ignored / max(self.total, 1)}  # fmt: skip
+        out = {"miou": float(scores["miou"]), "num_evaluated": self.num_evaluated,
+               "per_class_iou": class_names_iou(scores["iou"], names),
+               "ignored_fraction": self.ignored / max(self.total, 1)}  # fmt: skip
         if with_confident:
             out["miou_confident"] = float(self.confident.compute()["miou"])
         return out
@@ -100,11 +113,13 @@ def cam_dir_of(ctx: StageContext) -> Path:
 
 
 def cam_baseline(ctx: StageContext) -> float | None:
-    """The CAM mIoU of ``eval_cam`` (same eval ids) for side-by-side reporting, if it ran."""
+    """The CAM mIoU of ``eval_cam`` (same eval ids) for side-by-side reporting, if it ran and
+    had GT masks to score against."""
     try:
-        return float(read_metrics(ctx.input("eval_cam"))["miou"])
+        miou = read_metrics(ctx.input("eval_cam"))["miou"]
     except (FileNotFoundError, KeyError):
         return None
+    return None if miou is None else float(miou)
 
 
 def _affinity_label(image_id: str, cam_dir: Path, src, out_dir: Path, low: float, high: float,

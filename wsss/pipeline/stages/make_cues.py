@@ -10,7 +10,7 @@ per image (``<root>/<saliency_dir>/<id>.png``; the synthetic generator writes ``
 
 Writes ``cues/<id>.png`` (grid-sized label map, 0 background, c + 1 class c, 255 no cue) and
 reports cue coverage and precision against GT (on the grid, nearest-resized) for the images of
-``protocol.eval_split`` that have GT.
+``protocol.eval_split`` that have GT (``null`` when none has; ``coverage_split`` needs no GT).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from wsss.functional.sec import (
 )
 from wsss.io import load_npz, save_label_png
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, read_metrics
-from wsss.pipeline.image_sets import cam_file, eval_ids, source
+from wsss.pipeline.image_sets import cam_file, eval_ids, no_gt_note, source
 
 SALIENCY_MODES = ("gradient", "png")
 CUE_DIR = "cues"
@@ -156,9 +156,12 @@ def run(ctx: StageContext) -> dict:
                  "coverage_split": ratio(*covered)}  # fmt: skip
     for kind, prefix in (("all", "cue"), ("bg", "cue_bg"), ("fg", "cue_fg")):
         pixels, cue_pixels, valid, correct = (int(v) for v in totals[kind])
-        out[f"{prefix}_coverage"] = ratio(cue_pixels, pixels)
-        out[f"{prefix}_precision"] = ratio(correct, valid)
+        # Without a GT mask on any evaluated image nothing is scored: null, not NaN.
+        out[f"{prefix}_coverage"] = ratio(cue_pixels, pixels) if n_evaluated else None
+        out[f"{prefix}_precision"] = ratio(correct, valid) if n_evaluated else None
     out["includes"] = (f"{read_metrics(make_cam).get('includes', 'CAMs')}; SEC cues ({p.saliency} saliency), "
                        f"coverage/precision on the {int(p.grid_size)}x{int(p.grid_size)} grid")
+    if not n_evaluated:
+        out["note"] = no_gt_note(proto.eval_split, len(evaluated & set(src.ids)))
     ctx.log_metrics({k: v for k, v in out.items() if k.startswith("cue_") and isinstance(v, float)})
     return out

@@ -24,7 +24,7 @@ from wsss.functional.irn import instance_masks_from_walk, instances_from_displac
 from wsss.io import load_label_png, save_npz
 from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from_semantic
 from wsss.pipeline.context import StageContext
-from wsss.pipeline.image_sets import eval_ids, load_cams, source, stage_images
+from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.stages.calibrate_irn import load_calibrated_irn
 from wsss.pipeline.stages.make_affinity_labels import cam_dir_of
 from wsss.pipeline.stages.make_sem_seg_labels import (
@@ -71,8 +71,9 @@ def _run(ctx: StageContext) -> dict:
     model = load_calibrated_irn(ctx, p.calibrate_from)
     cam_dir = cam_dir_of(ctx)
     floor = seed_floor(ctx, p.get("seed_floor"))
-    evaluated = set(eval_ids(ctx, ctx.cfg.protocol.eval_split))
     gt_src = source(ctx, ctx.cfg.protocol.eval_split, for_eval=True)
+    reported = set(eval_ids(ctx, ctx.cfg.protocol.eval_split))
+    evaluated = set(with_gt(gt_src, reported))  # only images with a GT mask are scored
     dataset = stage_images(ctx, [p.split], include_holdout=False)
     preds: dict[str, list] = {"masks": [], "classes": [], "scores": [], "gt_masks": [], "gt_classes": []}
     gt_kinds, num_instances = set(), 0
@@ -96,15 +97,21 @@ def _run(ctx: StageContext) -> dict:
                                ("scores", result["scores"]), ("gt_masks", gt_masks),
                                ("gt_classes", gt_classes)):  # fmt: skip
                 preds[key].append(value)
-    ap = eval_instance_segmentation_voc(preds["masks"], preds["classes"], preds["scores"],
-                                        preds["gt_masks"], preds["gt_classes"], iou_thresh=0.5,
-                                        num_classes=ctx.cfg.data.num_classes)  # fmt: skip
-    per_class = {gt_src.class_names[c]: float(v) for c, v in enumerate(ap["ap"]) if not np.isnan(v)}
+    ap50, per_class = None, {}
+    if preds["masks"]:
+        ap = eval_instance_segmentation_voc(preds["masks"], preds["classes"], preds["scores"],
+                                            preds["gt_masks"], preds["gt_classes"], iou_thresh=0.5,
+                                            num_classes=ctx.cfg.data.num_classes)  # fmt: skip
+        ap50 = float(ap["map"])
+        per_class = {gt_src.class_names[c]: float(v) for c, v in enumerate(ap["ap"]) if not np.isnan(v)}
     gt_from = " + ".join(sorted(gt_kinds)) or "none"
-    return {"split": p.split, "num_images": len(dataset), "num_evaluated": len(preds["masks"]),
-            "instance_dir": "instances", "num_instances": num_instances,
-            "mean_instances_per_image": num_instances / max(len(dataset), 1),
-            "ap50": float(ap["map"]), "per_class_ap50": per_class, "gt_instances": gt_from, "seed_floor": floor,
-            "includes": "IRN instance pseudo labels (displacement clustering + boundary random walk, "
-                        f"bg {p.bg_threshold}); APr50 (VOC) vs GT instances from {gt_from}"
-                        + (" (connected components of the semantic GT)" if "semantic" in gt_kinds else "")}
+    out = {"split": p.split, "num_images": len(dataset), "num_evaluated": len(preds["masks"]),
+           "instance_dir": "instances", "num_instances": num_instances,
+           "mean_instances_per_image": num_instances / max(len(dataset), 1),
+           "ap50": ap50, "per_class_ap50": per_class, "gt_instances": gt_from, "seed_floor": floor,
+           "includes": "IRN instance pseudo labels (displacement clustering + boundary random walk, "
+                       f"bg {p.bg_threshold}); APr50 (VOC) vs GT instances from {gt_from}"
+                       + (" (connected components of the semantic GT)" if "semantic" in gt_kinds else "")}
+    if not preds["masks"]:
+        out["note"] = no_gt_note(ctx.cfg.protocol.eval_split, len(reported & set(dataset.source.ids)))
+    return out

@@ -22,7 +22,7 @@ from wsss.functional.crf import dense_crf
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.context import StageContext, read_metrics
-from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, source
+from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source, with_gt
 
 
 def scores_to_label(scores: np.ndarray, keys: np.ndarray, margin: float) -> np.ndarray:
@@ -69,8 +69,9 @@ def run(ctx: StageContext) -> dict:
     job = _PseudoLabelJob(ids, cam_dir, source(ctx, p.split), ctx.out_dir, threshold, p.ignore_margin, crf)
     loader = DataLoader(job, batch_size=None, num_workers=p.num_workers)
 
-    evaluated = set(eval_ids(ctx, proto.eval_split))
     eval_src = source(ctx, proto.eval_split, for_eval=True)
+    reported = set(eval_ids(ctx, proto.eval_split)) & set(ids)
+    evaluated = set(with_gt(eval_src, reported))  # only images with a GT mask are scored
     n = ctx.cfg.data.num_classes + 1
     metrics = {"plain": SegmentationMetric(n), "crf": SegmentationMetric(n)}
     ignored = {"plain": [0, 0], "crf": [0, 0]}
@@ -91,12 +92,18 @@ def run(ctx: StageContext) -> dict:
     for kind, suffix in (("plain", ""), ("crf", "_crf")):
         if kind == "crf" and crf is None:
             continue
-        result = metrics[kind].compute()
-        out[f"miou{suffix}"] = float(result["miou"])
-        out[f"per_class_iou{suffix}"] = class_names_iou(result["iou"], ("background", *eval_src.class_names))
+        if evaluated:
+            result = metrics[kind].compute()
+            out[f"miou{suffix}"] = float(result["miou"])
+            out[f"per_class_iou{suffix}"] = class_names_iou(result["iou"], ("background", *eval_src.class_names))
+        else:
+            out[f"miou{suffix}"], out[f"per_class_iou{suffix}"] = None, {}
         out[f"ignored_fraction{suffix}"] = ignored[kind][0] / max(ignored[kind][1], 1)
+    out["num_evaluated"] = len(evaluated)
     out["includes"] = (f"{read_metrics(make_cam).get('includes', 'CAMs')}; unsure (margin "
                        f"{p.ignore_margin}) counted as background in mIoU")
+    if not evaluated:
+        out["note"] = no_gt_note(proto.eval_split, len(reported))
     return out
 
 

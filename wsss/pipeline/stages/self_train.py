@@ -36,7 +36,7 @@ from wsss.functional.segmentation import multiscale_probs
 from wsss.io import load_label_png, read_json, save_label_png, write_json
 from wsss.metrics.segmentation import SegmentationMetric
 from wsss.pipeline.context import MODEL_FILE, StageContext, init_backbone, load_model, save_model
-from wsss.pipeline.image_sets import eval_ids, source, stage_images
+from wsss.pipeline.image_sets import eval_ids, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.stages.make_pseudo_labels import label_dir
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,11 @@ def _loader(ctx: StageContext, split: str) -> DataLoader:
                       collate_fn=collate_single)  # fmt: skip
 
 
-def label_miou(ctx: StageContext, labels: Path, ids: list[str]) -> float:
-    """mIoU of the label PNGs in ``labels`` over ``ids`` (255 counted as background, as elsewhere)."""
+def label_miou(ctx: StageContext, labels: Path, ids: list[str]) -> float | None:
+    """mIoU of the label PNGs in ``labels`` over ``ids`` (255 counted as background, as elsewhere);
+    ``ids`` must have GT masks; None when ``ids`` is empty (no GT to score against)."""
+    if not ids:
+        return None
     gt_src = source(ctx, ctx.cfg.protocol.eval_split, for_eval=True)
     metric = SegmentationMetric(ctx.cfg.data.num_classes + 1)
     for name in ids:
@@ -109,9 +112,13 @@ def label_miou(ctx: StageContext, labels: Path, ids: list[str]) -> float:
 
 
 @torch.no_grad()
-def val_miou(ctx: StageContext, model: torch.nn.Module, split: str) -> float:
-    """Single-scale mIoU on ``split`` minus the held-out threshold images (eval_seg's ``miou``)."""
-    reported, gt_src = set(eval_ids(ctx, split)), source(ctx, split, for_eval=True)
+def val_miou(ctx: StageContext, model: torch.nn.Module, split: str) -> float | None:
+    """Single-scale mIoU on ``split`` minus the held-out threshold images (eval_seg's ``miou``);
+    only images with a GT mask count, None when there is none."""
+    gt_src = source(ctx, split, for_eval=True)
+    reported = set(with_gt(gt_src, eval_ids(ctx, split)))
+    if not reported:
+        return None
     metric, device = SegmentationMetric(ctx.cfg.data.num_classes + 1), _device(ctx)
     for batch in tqdm(_loader(ctx, split), desc=f"self_train[{split}]", leave=False):
         name = batch["name"][0]
@@ -157,8 +164,9 @@ def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, eva
         consume(refiner.drain())
     finally:
         refiner.close()
-    return {"pred_miou": float(metrics["pred"].compute()["miou"]),
-            "refined_miou": float(metrics["refined"].compute()["miou"]),
+    scored = bool(evaluated)  # ids with GT masks (None scores without)
+    return {"pred_miou": float(metrics["pred"].compute()["miou"]) if scored else None,
+            "refined_miou": float(metrics["refined"].compute()["miou"]) if scored else None,
             "ignored_fraction": ignored[0] / max(ignored[1], 1)}
 
 
@@ -178,7 +186,8 @@ def run(ctx: StageContext) -> dict:
         raise ValueError(f"self_train.rounds must be >= 1, got {p.rounds}")
     labels = label_dir(ctx.input(p.labels_from))
     split_ids = set(source(ctx, p.split).ids)
-    evaluated = set(eval_ids(ctx, proto.eval_split)) & split_ids
+    reported = set(eval_ids(ctx, proto.eval_split)) & split_ids
+    evaluated = set(with_gt(source(ctx, proto.eval_split, for_eval=True), reported))  # scored: with GT
     eval_list = sorted(evaluated)
     model, per_round = None, []
     for k in range(int(p.rounds)):
@@ -205,7 +214,7 @@ def run(ctx: StageContext) -> dict:
             labels = round_dir / "labels"
         write_json(done, metrics)
         per_round.append(metrics)
-        ctx.log_metrics({key: v for key, v in metrics.items() if key.endswith("miou")}, step=k)
+        ctx.log_metrics({key: v for key, v in metrics.items() if key.endswith("miou") and v is not None}, step=k)
         log.info("self_train round %d: %s", k, {key: v for key, v in metrics.items() if key.endswith("miou")})
         model.cpu()
     save_model(model, ctx.out_dir / MODEL_FILE)
@@ -219,7 +228,12 @@ def run(ctx: StageContext) -> dict:
             if key in m:
                 out[f"{key}_round_{m['round']}"] = m[key]
     out["val_miou"] = per_round[-1]["val_miou"]
-    out["val_miou_gain"] = per_round[-1]["val_miou"] - per_round[0]["val_miou"]
-    out["best_round"] = int(np.argmax([m["val_miou"] for m in per_round]))
+    if out["val_miou"] is None:  # no GT masks on val: nothing to compare rounds with
+        out["val_miou_gain"], out["best_round"] = None, None
+    else:
+        out["val_miou_gain"] = per_round[-1]["val_miou"] - per_round[0]["val_miou"]
+        out["best_round"] = int(np.argmax([m["val_miou"] for m in per_round]))
     out["note"] = "val_miou: single-scale monitor; eval_seg (model_from: self_train) reports the final model"
+    if not evaluated:
+        out["note"] += "; " + no_gt_note(proto.eval_split, len(reported))
     return out

@@ -35,7 +35,9 @@ def run(ctx: StageContext) -> dict:
     model = instantiate(p.module)
     val = None
     if p.val_every_n_epochs:
-        val = ctx.datamodule(mode="segmentation").val_dataloader()
+        val_data = ctx.datamodule(mode="segmentation")
+        if val_data.has_val_masks():  # the val mIoU monitor needs GT masks
+            val = val_data.val_dataloader()
     trainer = ctx.trainer(max_epochs=int(p.max_epochs), check_val_every_n_epoch=int(p.val_every_n_epochs or 1),
                           limit_val_batches=1.0 if val is not None else 0)  # fmt: skip
     try:
@@ -45,6 +47,9 @@ def run(ctx: StageContext) -> dict:
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
+    note = "train_* are last-step SEC losses; see eval_seg for reported numbers"
+    if p.val_every_n_epochs and val is None:
+        note += "; no GT masks on val: trained without the val_miou monitor"
     return {"split": p.split, "cues": str(cue_dir_of(cues_stage)), "epochs": int(p.max_epochs),
             "steps": int(trainer.global_step), "input_size": int(p.input_size), "grid_size": grid,
-            **metrics, "note": "train_* are last-step SEC losses; see eval_seg for reported numbers"}
+            **metrics, "note": note}
