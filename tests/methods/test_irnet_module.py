@@ -11,11 +11,11 @@ from wsss.methods.irnet import IRNetModule
 from wsss.pipeline.stages.calibrate_irn import mean_displacement
 
 
-def make() -> IRNetModule:
+def make(freeze_backbone: bool = True) -> IRNetModule:
     torch.manual_seed(0)
     opt = functools.partial(torch.optim.SGD, lr=0.1)
     backbone = {"name": "resnet18", "output_stride": 16, "weights": None}
-    return IRNetModule(backbone, opt, 10.0, 0.9, radius=5)
+    return IRNetModule(backbone, opt, 10.0, 0.9, radius=5, freeze_backbone=freeze_backbone)
 
 
 def batch() -> dict:
@@ -45,6 +45,20 @@ def test_training_step_is_finite_and_the_frozen_backbone_gets_no_gradient() -> N
     assert all(p.grad is None for p in model.backbone.parameters())
     assert model.edge_out.weight.grad is not None
     assert model.dp_out[-1].weight.grad is not None and model.dp_out[-1].weight.grad.abs().sum() > 0
+
+
+def test_fine_tuned_backbone_trains_at_the_boundary_lr_with_frozen_batchnorm() -> None:
+    model = make(freeze_backbone=False).train()
+    assert not model.backbone.training  # BatchNorm statistics stay frozen here too
+    loss = model.training_step(batch(), 0)
+    loss.backward()
+    assert all(p.grad is not None for p in model.backbone.parameters())
+    model._trainer = type("T", (), {"estimated_stepping_batches": 10})()
+    optimizer = model.configure_optimizers()["optimizer"]
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    groups = {g["lr"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
+    assert backbone_ids <= groups[0.1]  # with the boundary branch, not the 10x group
+    assert not backbone_ids & groups[1.0]
 
 
 def test_optimizer_gives_displacement_ten_times_the_boundary_lr() -> None:

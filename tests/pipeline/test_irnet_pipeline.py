@@ -31,7 +31,8 @@ TINY_IRN = [
 @pytest.mark.slow
 def test_irnet_chain_writes_semantic_and_instance_labels(tiny_cfg, tmp_path) -> None:
     run_dir = tmp_path / "run"
-    results = run_pipeline(tiny_cfg(*TINY_IRN), run_dir)
+    cfg = tiny_cfg(*TINY_IRN)
+    results = run_pipeline(cfg, run_dir)
     assert list(results) == STAGES
     for stage in STAGES:
         assert json.loads((run_dir / "stages" / stage / "metrics.json").read_text())["stage"] == stage
@@ -46,8 +47,11 @@ def test_irnet_chain_writes_semantic_and_instance_labels(tiny_cfg, tmp_path) -> 
     assert results["calibrate_irn"]["mean_dy"] == pytest.approx(float(shift[0]))
 
     sem = results["make_sem_seg_labels"]
-    for key in ("miou", "miou_seeds", "cam_miou"):
+    for key in ("miou", "miou_seeds", "cam_miou", "holdout_miou"):
         assert 0.0 <= sem[key] <= 1.0
+    # Synthetic default: the walk's background threshold is chosen on the held-out images.
+    assert sem["bg_threshold"] in cfg.stages.make_sem_seg_labels.bg_thresholds
+    assert sem["bg_threshold_source"].startswith("holdout")
     pseudo = sorted((run_dir / "stages/make_sem_seg_labels/labels").glob("*.png"))
     assert len(pseudo) == sem["num_images"]
     assert set(np.unique(load_label_png(pseudo[0])).tolist()) <= set(range(21))

@@ -1,7 +1,8 @@
 """IRNet (Ahn, Cho & Kwak 2019; METHODS.md 3.4): class boundaries + instance displacements.
 
 A *frozen* backbone (every stage output detached, kept in eval mode) feeds two branches that
-both output at stride 4:
+both output at stride 4 (``freeze_backbone=False``, not IRN, fine-tunes the backbone too: IRN
+relies on ImageNet features, which a from-scratch backbone lacks):
 
 * boundary: per level 1x1 conv -> GroupNorm -> ReLU, resized to stride 4, concatenated, 1x1 conv
   to one logit (B = sigmoid);
@@ -54,15 +55,18 @@ class IRNetModule(WSSSModule):
         new_lr_mult, poly_power: see :class:`WSSSModule`.
         radius: Pair radius of the training losses (IRN: 10).
         width: Channel multiplier of the IRN plan; ``None`` = ``out_channels / 2048``.
+        freeze_backbone: IRN's frozen backbone (True). False trains it with the boundary
+            branch's learning rate; BatchNorm statistics stay frozen either way.
     """
 
     def __init__(self, backbone: dict, optimizer: Callable, new_lr_mult: float, poly_power: float,
-                 radius: int = 10, width: float | None = None) -> None:  # fmt: skip
+                 radius: int = 10, width: float | None = None, freeze_backbone: bool = True) -> None:  # fmt: skip
         super().__init__(optimizer, new_lr_mult, poly_power)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.backbone = build_backbone(**backbone)
+        self.freeze_backbone = freeze_backbone
         for param in self.backbone.parameters():
-            param.requires_grad_(False)
+            param.requires_grad_(not freeze_backbone)
         self.radius = radius
         width = width if width is not None else self.backbone.out_channels / 2048
         self.levels = list(self.backbone.channels)
@@ -89,10 +93,12 @@ class IRNetModule(WSSSModule):
 
     def train(self, mode: bool = True) -> IRNetModule:
         super().train(mode)
-        self.backbone.eval()  # frozen, including BatchNorm statistics (IRN)
+        self.backbone.eval()  # BatchNorm statistics frozen (IRN), also when fine-tuning
         return self
 
     def features(self, images: Tensor) -> dict[str, Tensor]:
+        if not self.freeze_backbone:
+            return self.backbone(images)
         with torch.no_grad():  # IRN detaches every stage output
             return {k: v.detach() for k, v in self.backbone(images).items()}
 
@@ -123,8 +129,10 @@ class IRNetModule(WSSSModule):
         return [*self.dp_branches.parameters(), *self.dp_coarse.parameters(), *self.dp_out.parameters()]
 
     def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
-        # IRN's two groups: boundary 1x, displacement 10x; the backbone is not optimised at all.
-        return [(self.boundary_parameters(), 1.0), (self.displacement_parameters(), self.new_lr_mult)]
+        # IRN's two groups: boundary 1x, displacement 10x; a frozen backbone is not optimised
+        # (configure_optimizers drops parameters without gradients).
+        return [([*self.backbone.parameters(), *self.boundary_parameters()], 1.0),
+                (self.displacement_parameters(), self.new_lr_mult)]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         boundary, displacement = self(batch["image"])

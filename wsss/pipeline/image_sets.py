@@ -9,8 +9,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from wsss.data.datasets import InferenceDataset
-from wsss.data.transforms import build_eval_transform
 from wsss.data.sources import Source, open_source
+from wsss.data.transforms import build_eval_transform
 from wsss.io import load_npz
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.protocol import holdout_ids
@@ -70,6 +70,15 @@ def stage_images(ctx: StageContext, splits: Sequence[str], include_holdout: bool
     union.ids = list(ids)
     transform = build_eval_transform(mean=list(data.mean), std=list(data.std))
     return InferenceDataset(union, transform, with_mask=False)
+
+
+def images_of(ctx: StageContext, split: str, ids: Sequence[str]) -> Dataset:
+    """Full-size inference dataset over the given ids (of ``split``'s dataset), in order."""
+    data = ctx.cfg.data.module
+    src = source(ctx, split, check_images=False)
+    src.ids = list(ids)
+    transform = build_eval_transform(mean=list(data.mean), std=list(data.std))
+    return InferenceDataset(src, transform, with_mask=False)
 
 
 def load_rgb(src: Source, image_id: str) -> np.ndarray:

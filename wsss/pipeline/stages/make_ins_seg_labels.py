@@ -23,7 +23,7 @@ from wsss.data.labels import BACKGROUND, IGNORE
 from wsss.functional.irn import instance_masks_from_walk, instances_from_displacement
 from wsss.io import load_label_png, save_npz
 from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from_semantic
-from wsss.pipeline.context import StageContext
+from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.stages.calibrate_irn import load_calibrated_irn
 from wsss.pipeline.stages.make_affinity_labels import cam_dir_of
@@ -68,6 +68,11 @@ def run(ctx: StageContext) -> dict:
 
 def _run(ctx: StageContext) -> dict:
     p = ctx.params
+    # "make_sem_seg_labels": the background threshold that stage used (e.g. its held-out choice).
+    bg = p.bg_threshold
+    if bg == "make_sem_seg_labels":
+        bg = read_metrics(ctx.input("make_sem_seg_labels"))["bg_threshold"]
+    bg = float(bg)
     model = load_calibrated_irn(ctx, p.calibrate_from)
     cam_dir = cam_dir_of(ctx)
     floor = seed_floor(ctx, p.get("seed_floor"))
@@ -85,7 +90,7 @@ def _run(ctx: StageContext) -> dict:
         instance_map = instances_from_displacement(displacement, p.displacement_threshold, p.n_iter)
         result = instance_masks_from_walk(
             stride4_cams(floored(cams, floor), tuple(boundary.shape)), keys, boundary, instance_map, size,
-            radius=p.radius, beta=p.beta, exp_times=p.exp_times, bg_threshold=p.bg_threshold,
+            radius=p.radius, beta=p.beta, exp_times=p.exp_times, bg_threshold=bg,
             min_fragment_ratio=p.min_fragment_ratio, stride=STRIDE,
         )
         save_npz(ctx.out_dir / "instances" / f"{name}.npz", **result)
@@ -110,7 +115,7 @@ def _run(ctx: StageContext) -> dict:
            "mean_instances_per_image": num_instances / max(len(dataset), 1),
            "ap50": ap50, "per_class_ap50": per_class, "gt_instances": gt_from, "seed_floor": floor,
            "includes": "IRN instance pseudo labels (displacement clustering + boundary random walk, "
-                       f"bg {p.bg_threshold}); APr50 (VOC) vs GT instances from {gt_from}"
+                       f"bg {bg:.2f}); APr50 (VOC) vs GT instances from {gt_from}"
                        + (" (connected components of the semantic GT)" if "semantic" in gt_kinds else "")}
     if not preds["masks"]:
         out["note"] = no_gt_note(ctx.cfg.protocol.eval_split, len(reported & set(dataset.source.ids)))

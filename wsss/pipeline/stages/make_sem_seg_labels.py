@@ -23,8 +23,17 @@ from tqdm import tqdm
 from wsss.functional.cam import cams_to_label
 from wsss.functional.random_walk import irn_scores_to_label, irn_semantic_scores, upsample_scores
 from wsss.io import save_label_png
+from wsss.metrics.cam_threshold import ThresholdSweep
 from wsss.pipeline.context import StageContext, read_metrics
-from wsss.pipeline.image_sets import load_cams, stage_images
+from wsss.pipeline.image_sets import (
+    images_of,
+    load_cams,
+    source,
+    stage_images,
+    threshold_ids,
+    with_gt,
+)
+from wsss.pipeline.protocol import MissingGroundTruthError
 from wsss.pipeline.stages.calibrate_irn import load_calibrated_irn
 from wsss.pipeline.stages.make_affinity_labels import LabelScore, cam_baseline, cam_dir_of
 from wsss.pipeline.stages.train_refiner import torch_threads
@@ -72,32 +81,81 @@ def run(ctx: StageContext) -> dict:
         return _run(ctx)
 
 
+def walk_scores(model: torch.nn.Module, item: dict, cams: torch.Tensor, floor: float | None,
+                p) -> torch.Tensor:  # fmt: skip
+    """Upsampled IRN walk scores ``(K, H, W)`` of one image (divide by the global max and prepend
+    a constant background to get the label)."""
+    boundary, _ = irn_outputs(model, item["image"])
+    scores = irn_semantic_scores(stride4_cams(floored(cams, floor), tuple(boundary.shape)), boundary,
+                                 p.radius, p.beta, p.exp_times)  # fmt: skip
+    return upsample_scores(scores, item["size"], STRIDE)
+
+
+def holdout_bg_threshold(ctx: StageContext, model: torch.nn.Module, cam_dir, floor: float | None,
+                         thresholds) -> tuple[float, float]:  # fmt: skip
+    """The walk's background threshold with the best mIoU on the held-out images (the protocol's
+    threshold subset, never reported), as eval_cam picks the CAM threshold; (threshold, mIoU)."""
+    proto = ctx.cfg.protocol
+    gt_src = source(ctx, proto.holdout_split, for_eval=True)
+    held = with_gt(gt_src, threshold_ids(ctx))
+    if not held:
+        raise MissingGroundTruthError(
+            "make_sem_seg_labels: bg_threshold=holdout needs held-out images with GT masks; "
+            "set stages.make_sem_seg_labels.bg_threshold to a number (IRN: 0.25)"
+        )
+    sweep = ThresholdSweep(list(thresholds), num_classes=ctx.cfg.data.num_classes + 1)
+    dataset = images_of(ctx, proto.holdout_split, held)
+    for index in tqdm(range(len(dataset)), desc="make_sem_seg_labels[holdout]", leave=False):
+        item = dataset[index]
+        cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, item["name"]))
+        scores = walk_scores(model, item, cams, floor, ctx.params)
+        scores = scores / scores.amax().clamp_min(1e-12) if scores.numel() else scores
+        gt = torch.from_numpy(gt_src.load_mask(item["name"]).astype(np.int64))
+        sweep.update(scores, keys, gt)
+    return sweep.best()
+
+
 def _run(ctx: StageContext) -> dict:
     p = ctx.params
     model = load_calibrated_irn(ctx, p.calibrate_from)
     cam_dir = cam_dir_of(ctx)
     floor = seed_floor(ctx, p.get("seed_floor"))
+    bg, chosen = p.bg_threshold, {}
+    if bg == "holdout":
+        bg, held_miou = holdout_bg_threshold(ctx, model, cam_dir, floor, p.bg_thresholds)
+        chosen = {
+            "bg_threshold_source": f"holdout ({len(threshold_ids(ctx))} images)",
+            "holdout_miou": held_miou,
+        }
+    bg = float(bg)
     dataset = stage_images(ctx, [p.split], include_holdout=False)
     walked, seeded = LabelScore(ctx), LabelScore(ctx)
     for index in tqdm(range(len(dataset)), desc="make_sem_seg_labels"):
         item = dataset[index]
-        name, size = item["name"], item["size"]
+        name = item["name"]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
-        boundary, _ = irn_outputs(model, item["image"])
-        scores = irn_semantic_scores(stride4_cams(floored(cams, floor), tuple(boundary.shape)), boundary,
-                                     p.radius, p.beta, p.exp_times)  # fmt: skip
-        label = irn_scores_to_label(upsample_scores(scores, size, STRIDE), keys, p.bg_threshold)
+        label = irn_scores_to_label(walk_scores(model, item, cams, floor, p), keys, bg)
         label = label.numpy().astype(np.uint8)
         save_label_png(ctx.out_dir / "labels" / f"{name}.png", label)
         walked.update(name, label)
-        seeded.update(name, cams_to_label(floored(cams, floor), keys, p.bg_threshold).numpy())
-    out = {"split": p.split, "num_images": len(dataset), "label_dir": "labels", **walked.result(False),
-           "miou_seeds": seeded.result(False)["miou"], "cam_miou": cam_baseline(ctx),
-           "radius": p.radius, "beta": p.beta, "exp_times": p.exp_times,
-           "bg_threshold": p.bg_threshold, "seed_floor": floor,
-           "includes": f"IRN random walk on boundary affinities (radius {p.radius}, beta {p.beta}, "
-                       f"t 2^{p.exp_times}, seeds x (1-B)), bg {p.bg_threshold} after global-max "
-                       f"norm, no CRF; miou_seeds = the same seeds with bg {p.bg_threshold}, no walk"
-                       + (f"; seeds = relu(CAM - {floor:.2f}) rescaled (not IRN)" if floor is not None else "")}
+        seeded.update(name, cams_to_label(floored(cams, floor), keys, bg).numpy())
+    out = {
+        "split": p.split,
+        "num_images": len(dataset),
+        "label_dir": "labels",
+        **walked.result(False),
+        "miou_seeds": seeded.result(False)["miou"],
+        "cam_miou": cam_baseline(ctx),
+        "radius": p.radius,
+        "beta": p.beta,
+        "exp_times": p.exp_times,
+        "bg_threshold": bg,
+        **chosen,
+        "seed_floor": floor,
+        "includes": f"IRN random walk on boundary affinities (radius {p.radius}, beta {p.beta}, "
+        f"t 2^{p.exp_times}, seeds x (1-B)), bg {bg:.2f} after global-max "
+        f"norm, no CRF; miou_seeds = the same seeds with bg {bg:.2f}, no walk"
+        + (f"; seeds = relu(CAM - {floor:.2f}) rescaled (not IRN)" if floor is not None else ""),
+    }
     out.pop("ignored_fraction")
     return out
