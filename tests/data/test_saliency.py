@@ -36,7 +36,7 @@ def test_unknown_method_and_bad_image_are_rejected() -> None:
 def test_cache_is_written_once_and_read_by_the_dataset(synthetic_root, tmp_path) -> None:
     out = tmp_path / "sal"
     first = generate_saliency(synthetic_root, out, splits=["train"])
-    ids = image_ids(synthetic_root, ["train"])
+    ids, _ = image_ids(synthetic_root, ["train"])
     assert first == {"written": len(ids), "skipped": 0}
     again = generate_saliency(synthetic_root, out, splits=["train"])
     assert again == {"written": 0, "skipped": len(ids)}
@@ -55,3 +55,17 @@ def test_cli_covers_every_image_by_default(synthetic_root, tmp_path, capsys) -> 
     n = len(list((synthetic_root / "JPEGImages").glob("*.jpg")))
     assert len(list((tmp_path / "all").glob("*.png"))) == n
     assert f"{n} written" in capsys.readouterr().out
+
+
+def test_cli_reads_other_dataset_formats(synthetic_root, tmp_path) -> None:
+    from tests.data.fake_coco import write_coco_from_voc
+    from wsss.data.coco import COCOSource
+
+    coco = write_coco_from_voc(synthetic_root, tmp_path / "coco")
+    main(["--root", str(coco), "--dataset", "coco", "--out", str(tmp_path / "sal")])
+    ids = COCOSource(coco, "train2014").ids + COCOSource(coco, "val2014").ids
+    written = sorted(p.stem for p in (tmp_path / "sal").glob("*.png"))
+    assert written == sorted(ids)
+    image = COCOSource(coco, "train2014").load_image(ids[0])
+    assert np.array_equal(load_label_png(tmp_path / "sal" / f"{ids[0]}.png"),
+                          compute_saliency(image))

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from wsss.data.voc import VOCSource
+from wsss.data.sources import Source, open_source
 from wsss.io import save_label_png
 
 METHODS = ("spectral_residual", "fine_grained")
@@ -56,37 +56,54 @@ def compute_saliency(image: np.ndarray, method: str = "spectral_residual") -> np
     return np.round(sal * 255).astype(np.uint8)
 
 
-def image_ids(root: str | os.PathLike, splits: Sequence[str] | None = None) -> list[str]:
-    """Ids of ``splits`` (union, in order), or every ``JPEGImages/*.jpg`` when None."""
+# --dataset -> reader class (wsss.data.sources); each has the VOCSource interface.
+DATASETS = {"voc": "wsss.data.voc.VOCSource", "coco": "wsss.data.coco.COCOSource",
+            "context": "wsss.data.context.ContextSource", "folder": "wsss.data.folder.FolderSource"}
+DEFAULT_SPLITS = {"coco": ["train2014", "val2014"], "context": ["train", "val"], "folder": ["all"]}
+
+
+def image_ids(root: str | os.PathLike, splits: Sequence[str] | None = None,
+              dataset: str = "voc") -> tuple[list[str], Source | None]:  # fmt: skip
+    """Ids of ``splits`` (union, in order) and a reader that loads any of them; VOC without
+    splits: every ``JPEGImages/*.jpg`` (reader None)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+    splits = list(splits or DEFAULT_SPLITS.get(dataset, []))
     if splits:
         ids: dict[str, None] = {}
+        reader = None
         for split in splits:
-            ids.update(dict.fromkeys(VOCSource(root, split, check_images=False).ids))
-        return list(ids)
+            reader = open_source({"_target_": DATASETS[dataset]}, root, split, check_images=False)
+            ids.update(dict.fromkeys(reader.ids))
+        return list(ids), reader
     folder = Path(root) / "JPEGImages"
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} not found: --root must be the VOC2012 directory")
-    return sorted(p.stem for p in folder.glob("*.jpg"))
+    return sorted(p.stem for p in folder.glob("*.jpg")), None
 
 
 def generate_saliency(root: str | os.PathLike, out: str | os.PathLike,
                       splits: Sequence[str] | None = None, method: str = "spectral_residual",
-                      overwrite: bool = False) -> dict[str, int]:  # fmt: skip
+                      overwrite: bool = False, dataset: str = "voc") -> dict[str, int]:  # fmt: skip
     """Write ``<out>/<id>.png`` for every image; existing files are kept (a cache) unless
     ``overwrite``. Returns ``{"written": n, "skipped": m}``."""
     _algorithm(method)  # fail before the loop on a missing OpenCV
     root, out = Path(root), Path(out)
     written = skipped = 0
-    for image_id in tqdm(image_ids(root, splits), desc=f"saliency ({method})"):
+    ids, reader = image_ids(root, splits, dataset)
+    for image_id in tqdm(ids, desc=f"saliency ({method})"):
         path = out / f"{image_id}.png"
         if path.is_file() and not overwrite:
             skipped += 1
             continue
-        src = root / "JPEGImages" / f"{image_id}.jpg"
-        if not src.is_file():
-            raise FileNotFoundError(f"image not found: {src}")
-        with Image.open(src) as image:
-            rgb = np.asarray(image.convert("RGB"))
+        if reader is not None:
+            rgb = reader.load_image(image_id)
+        else:
+            src = root / "JPEGImages" / f"{image_id}.jpg"
+            if not src.is_file():
+                raise FileNotFoundError(f"image not found: {src}")
+            with Image.open(src) as image:
+                rgb = np.asarray(image.convert("RGB"))
         save_label_png(path, compute_saliency(rgb, method), palette=False)
         written += 1
     return {"written": written, "skipped": skipped}
@@ -94,14 +111,18 @@ def generate_saliency(root: str | os.PathLike, out: str | os.PathLike,
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, help="VOC2012 directory (holding JPEGImages/)")
+    parser.add_argument("--root", required=True, help="dataset root (VOC: the VOC2012 directory)")
+    parser.add_argument("--dataset", default="voc", choices=sorted(DATASETS),
+                        help="on-disk format of --root (as data=...)")
     parser.add_argument("--out", required=True, help="output folder for <id>.png")
     parser.add_argument("--method", default="spectral_residual", choices=METHODS)
     parser.add_argument("--splits", nargs="*", default=None,
-                        help="only these splits (default: every JPEGImages/*.jpg)")
+                        help="only these splits (default: VOC every JPEGImages/*.jpg, COCO "
+                             "train2014 val2014, Context train val, folder all)")
     parser.add_argument("--overwrite", action="store_true", help="recompute existing maps")
     args = parser.parse_args(argv)
-    result = generate_saliency(args.root, args.out, args.splits, args.method, args.overwrite)
+    result = generate_saliency(args.root, args.out, args.splits, args.method, args.overwrite,
+                               args.dataset)
     print(f"saliency maps in {args.out}: {result['written']} written, {result['skipped']} kept")
 
 
