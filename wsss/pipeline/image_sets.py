@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -21,8 +22,13 @@ def source(ctx: StageContext, split: str, for_eval: bool = False, check_images: 
     (VOC: the official masks with the void band)."""
     data = ctx.cfg.data
     mask_dir = data.get("eval_mask_dir") if for_eval else data.module.get("mask_dir")
-    return open_source(data.get("source"), ctx.data_root(), split, splits=data.get("splits"),
-                       mask_dir=mask_dir, check_images=check_images)  # fmt: skip
+    key = (str(split), mask_dir, check_images)
+    if key not in ctx.sources:
+        ctx.sources[key] = open_source(data.get("source"), ctx.data_root(), split,
+                                       splits=data.get("splits"), mask_dir=mask_dir,
+                                       check_images=check_images)  # fmt: skip
+    # A shallow copy: callers may reassign ``ids``; the parsed annotations stay shared.
+    return copy.copy(ctx.sources[key])
 
 
 def class_names(ctx: StageContext, with_background: bool = True) -> tuple[str, ...]:

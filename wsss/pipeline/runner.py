@@ -67,6 +67,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
     check_threshold_protocol(cfg, run_dir)
     results: dict[str, dict] = {}
     reused: dict[str, str] = {}
+    sources: dict[tuple, Any] = {}  # dataset readers shared by this run's stages
     # from_run stages are reused only as a prefix of the order: once a stage runs here, later
     # stages depend on it and must run here too, even if from_run has a stage of that name.
     prefix = True
@@ -89,7 +90,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
             results[name] = _wait_for_rank_zero(stage_dir, float(pipe.get("rank_wait_s", 86400)))
             continue
         log.info("stage %s", name)
-        ctx = StageContext(cfg, name, run_dir, loggers=make_loggers(cfg, name, run_dir))
+        ctx = StageContext(cfg, name, run_dir, loggers=make_loggers(cfg, name, run_dir),
+                           sources=sources)
         start = time.perf_counter()
         try:
             metrics = get_method(cfg.stages[name]["_target_"])(ctx)

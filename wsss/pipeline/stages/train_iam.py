@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset
 
 from wsss.data.datasets import collate_single
-from wsss.data.transforms import build_eval_transform, finalize, to_tv_tensors
 from wsss.data.sources import Source
+from wsss.data.transforms import build_eval_transform, finalize, to_tv_tensors
 from wsss.io import load_npz
 from wsss.methods.oaa import ACCUMULATED_DIR
 from wsss.pipeline.cam_inference import CAMInference, CAMWriter
