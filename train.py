@@ -5,6 +5,7 @@ With no arguments: CAM baseline -> pseudo-labels -> DeepLab on a generated synth
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -20,6 +21,10 @@ register_resolvers()
 def main(cfg: DictConfig) -> float | None:
     from wsss.pipeline.runner import run_pipeline
 
+    # The `lightning` package logger has its own console handler and also propagates to Hydra's
+    # root handlers (console + train.log), so every Lightning line was printed twice.
+    if logging.getLogger().handlers:
+        logging.getLogger("lightning").handlers.clear()
     results = run_pipeline(cfg, Path(HydraConfig.get().runtime.output_dir))
     # The value a Hydra sweeper optimises: the last stage's mIoU, when it has one.
     last = results[list(results)[-1]] if results else {}
