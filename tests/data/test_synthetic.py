@@ -165,3 +165,18 @@ def test_cli(tmp_path: Path) -> None:
     marker = json.loads((tmp_path / "cli" / MARKER).read_text())
     assert marker["seed"] == 3 and marker["image_size"] == [64, 48]
     assert main([*args, "--ensure"]) == 0
+
+
+def test_segmentation_object_matches_xml_objects_and_class_masks(voc: Path) -> None:
+    for name in split(voc, "trainval"):
+        objects = load(voc / "SegmentationObject" / f"{name}.png")
+        semantic = load(voc / "SegmentationClass" / f"{name}.png")
+        assert np.array_equal(objects == IGNORE, semantic == IGNORE)  # the same void band
+        assert np.array_equal(objects == 0, semantic == 0)
+        xml = ET.parse(voc / "Annotations" / f"{name}.xml").getroot()
+        names = [o.findtext("name") for o in xml.iter("object")]
+        ids = sorted(set(np.unique(objects).tolist()) - {0, IGNORE})
+        assert ids == list(range(1, len(names) + 1))  # object k is the k-th <object>
+        for k in ids:
+            classes = np.unique(semantic[objects == k])
+            assert classes.tolist() == [VOC_CLASSES.index(names[k - 1]) + 1]

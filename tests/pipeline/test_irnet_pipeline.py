@@ -57,7 +57,7 @@ def test_irnet_chain_writes_semantic_and_instance_labels(tiny_cfg, tmp_path) -> 
     assert set(np.unique(load_label_png(pseudo[0])).tolist()) <= set(range(21))
 
     ins = results["make_ins_seg_labels"]
-    assert ins["gt_instances"] == "semantic"  # the synthetic tree has no SegmentationObject
+    assert ins["gt_instances"] == "SegmentationObject"  # the synthetic tree's VOC instance masks
     assert np.isnan(ins["ap50"]) or 0.0 <= ins["ap50"] <= 1.0
     files = sorted((run_dir / "stages/make_ins_seg_labels/instances").glob("*.npz"))
     assert len(files) == ins["num_images"] > 0

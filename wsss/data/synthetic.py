@@ -406,8 +406,11 @@ def _write_image(root: Path, name: str, rng: np.random.Generator, w: int, h: int
     with atomic_path(root / "Annotations" / f"{name}.xml") as tmp:
         tmp.write_bytes(_annotation_xml(name, scene))
     save_label_png(root / "SegmentationClassAug" / f"{name}.png", aug, palette=False)
-    if official:  # SBD-only images have no official VOC mask
+    if official:  # SBD-only images have no official VOC masks
         save_label_png(root / "SegmentationClass" / f"{name}.png", voc, palette=True)
+        # VOC instance masks: object k (the k-th <object> of the XML) = k, same void band.
+        objects = np.where(band, 255, scene.instances).astype(np.uint8)
+        save_label_png(root / "SegmentationObject" / f"{name}.png", objects, palette=True)
     save_label_png(
         root / "SALImages" / f"{name}.png", _saliency(rng, scene.instances), palette=False
     )
