@@ -246,3 +246,22 @@ def test_datasets_work_over_coco(coco: Path) -> None:
     cls = ClassificationDataset(src)[1]
     assert cls["image"].shape[0] == 3 and cls["labels"].shape == (80,)
     assert tuple(cls["image"].shape[1:]) == src.load_image(src.ids[1]).shape[:2]
+
+
+def test_instances_are_the_non_crowd_annotations(synthetic_root: Path, coco: Path) -> None:
+    src = COCOSource(coco, "train2014")
+    data = json.loads((coco / "annotations/instances_train2014.json").read_text())
+    per_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        per_image.setdefault(ann["image_id"], []).append(ann)
+    for stem in src.ids:
+        anns = sorted((a for a in per_image[int(stem.rsplit("_", 1)[1])] if not a["iscrowd"]),
+                      key=lambda a: a["id"])  # fmt: skip
+        masks, classes = src.load_instances(stem)
+        assert len(masks) == len(classes) == len(anns)
+        rendered = src.load_mask(stem)
+        for mask, cls, ann in zip(masks, classes, anns):
+            assert mask.sum() == ann["area"]
+            assert COCO_CLASSES[cls] == next(c["name"] for c in data["categories"]
+                                             if c["id"] == ann["category_id"])  # fmt: skip
+            assert (rendered[mask] == cls + 1).all()  # components of one class do not overlap

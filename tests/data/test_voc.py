@@ -124,3 +124,18 @@ def test_missing_files_raise_with_path(copy: Path, tmp_path: Path) -> None:
     (copy / "Annotations" / f"{name}.xml").unlink()
     with pytest.raises(FileNotFoundError, match=f"Annotations/{name}.xml"):
         src.labels(name)
+
+
+def test_instances_from_segmentation_object(voc: Path, copy: Path) -> None:
+    src = VOCSource(voc, "train")
+    for name in src.ids:
+        masks, classes = src.load_instances(name)
+        xml = parse_voc_xml(src.annotation_path(name))
+        assert masks.dtype == bool and masks.shape[1:] == src.load_mask(name).shape
+        assert sorted(set(classes.tolist())) == np.flatnonzero(xml).tolist()
+        semantic = src.load_mask(name)
+        for mask, cls in zip(masks, classes):
+            assert (semantic[mask] == cls + 1).all()  # the object's pixels carry its class
+        assert not (masks.sum(0) > 1).any()  # objects do not overlap
+    shutil.rmtree(copy / "SegmentationObject")
+    assert VOCSource(copy, "train").load_instances(src.ids[0]) is None  # no instance masks

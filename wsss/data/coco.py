@@ -301,6 +301,21 @@ class COCOSource:
         mask[crowd & ~covered] = IGNORE
         return mask
 
+    INSTANCE_GT = "annotations"  # what load_instances reads (reported by the stages)
+
+    def load_instances(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """GT instances from the annotations: non-crowd masks ``(N, H, W)`` bool and contiguous
+        classes ``(N,)``, in annotation-id order (crowd regions are not instances)."""
+        split, record = self._record(name)
+        anns = sorted((a for a in split.coco.imgToAnns.get(record["id"], []) if not a.get("iscrowd", 0)),
+                      key=lambda a: a["id"])  # fmt: skip
+        shape = (record["height"], record["width"])
+        if not anns:
+            return np.zeros((0, *shape), bool), np.zeros(0, np.int64)
+        masks = np.stack([split.coco.annToMask(a).astype(bool) for a in anns])
+        classes = np.asarray([split.class_of_cat[a["category_id"]] for a in anns], np.int64)
+        return masks, classes
+
     def labels(self, name: str) -> np.ndarray:
         """(80,) float32 multi-hot of the categories annotated on the image (crowd included)."""
         if name not in self._labels:

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from wsss.data.transforms import finalize, to_tv_tensors
 from wsss.data.sources import Source
+from wsss.data.transforms import finalize, to_tv_tensors
 from wsss.io import load_label_png
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]

@@ -24,7 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 @runtime_checkable
 class Source(Protocol):
     """Ids, files and image-level labels of one split. ``ids`` may be reassigned (a union of
-    splits); every per-id method must work for any id of the dataset, not only the split's."""
+    splits); every per-id method must work for any id of the dataset, not only the split's.
+
+    Optional: ``load_instances(name) -> (masks (N, H, W) bool, classes (N,)) | None`` and a
+    class attribute ``INSTANCE_GT`` naming where they come from (VOC ``SegmentationObject``,
+    COCO annotations); instance evaluation falls back to connected components without them."""
 
     root: Path
     split: str

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wsss.data.labels import VOC_CLASSES, multi_hot_from_mask
+from wsss.data.labels import IGNORE, VOC_CLASSES, multi_hot_from_mask
 from wsss.io import load_label_png
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,31 @@ class VOCSource:
             ", ".join(str(d / f"{name}.png") for d in self.mask_dirs) or "no mask folder exists"
         )
         raise FileNotFoundError(f"GT mask for {name} not found (tried {tried}); {LAYOUT}")
+
+    INSTANCE_GT = "SegmentationObject"  # what load_instances reads (reported by the stages)
+
+    def load_instances(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """GT instances from ``SegmentationObject/<id>.png``: masks ``(N, H, W)`` bool and classes
+        ``(N,)`` (0..19, the majority class of each object in the semantic mask); None without
+        the file (callers then fall back to connected components of the semantic mask)."""
+        path = self.root / "SegmentationObject" / f"{name}.png"
+        if not path.is_file():
+            return None
+        objects, semantic = load_label_png(path), self.load_mask(name)
+        masks, classes = [], []
+        for inst in np.unique(objects).tolist():
+            if inst in (0, IGNORE):
+                continue
+            mask = objects == inst
+            values = semantic[mask]
+            values = values[(values != 0) & (values != IGNORE)]
+            if values.size == 0:
+                raise ValueError(f"{path}: object {inst} has no foreground class in {self.mask_path(name)}")
+            masks.append(mask)
+            classes.append(int(np.bincount(values).argmax()) - 1)
+        if not masks:
+            return np.zeros((0, *objects.shape), bool), np.zeros(0, np.int64)
+        return np.stack(masks), np.asarray(classes, np.int64)
 
     def annotation_path(self, name: str) -> Path:
         return self.root / "Annotations" / f"{name}.xml"

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wsss.data.labels import BACKGROUND, IGNORE
 from wsss.functional.irn import instance_masks_from_walk, instances_from_displacement
-from wsss.io import load_label_png, save_npz
+from wsss.io import save_npz
 from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from_semantic
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, stage_images, with_gt
@@ -38,27 +37,15 @@ from wsss.pipeline.stages.train_refiner import torch_threads
 
 
 def gt_instances(src, image_id: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """GT instance masks ``(N, H, W)``, classes ``(N,)`` (0..19) and where they came from."""
-    semantic = src.load_mask(image_id)
-    object_png = src.root / "SegmentationObject" / f"{image_id}.png"
-    if not object_png.is_file():
-        masks, labels = instances_from_semantic(semantic)
-        return masks, labels, "semantic"
-    objects = load_label_png(object_png)
-    masks, labels = [], []
-    for inst in np.unique(objects).tolist():
-        if inst in (BACKGROUND, IGNORE):
-            continue
-        mask = objects == inst
-        classes = semantic[mask]
-        classes = classes[(classes != BACKGROUND) & (classes != IGNORE)]
-        if classes.size == 0:
-            raise ValueError(f"{object_png}: instance {inst} has no foreground class in the semantic GT")
-        masks.append(mask)
-        labels.append(int(np.bincount(classes).argmax()) - 1)
-    if not masks:
-        return np.zeros((0, *objects.shape), bool), np.zeros(0, np.int64), "SegmentationObject"
-    return np.stack(masks), np.asarray(labels, np.int64), "SegmentationObject"
+    """GT instance masks ``(N, H, W)``, classes ``(N,)`` and where they came from: the source's
+    own instances when it has them (VOC ``SegmentationObject``, COCO annotations), else the
+    connected components of the semantic mask."""
+    loader = getattr(src, "load_instances", None)
+    found = loader(image_id) if loader is not None else None
+    if found is not None:
+        return found[0], found[1], src.INSTANCE_GT
+    masks, labels = instances_from_semantic(src.load_mask(image_id))
+    return masks, labels, "semantic"
 
 
 def run(ctx: StageContext) -> dict:
