@@ -68,3 +68,15 @@ def test_method_instantiates_with_composed_backbone() -> None:
     assert model.classifier.weight.shape == (20, 512, 1, 1)
     deeplab = instantiate(cfg.stages.train_seg.module)
     assert deeplab.num_classes == 21
+
+
+def test_eps_coco_experiment_follows_the_official_script(tmp_path: Path) -> None:
+    cfg = compose_cfg(["experiment=eps_coco", f"data.root={tmp_path}",
+                       f"method.saliency_dir={tmp_path}"], tiny=False)  # fmt: skip
+    OmegaConf.resolve(cfg)
+    assert cfg.data.source._target_ == "wsss.data.coco.COCOSource" and cfg.data.num_classes == 80
+    assert cfg.method._target_ == "wsss.methods.eps.EPSModule"
+    assert (cfg.method.tau, cfg.method.lam) == (0.4, 0.9)
+    train = cfg.stages.train_cls
+    assert (train.batch_size, train.crop_size, train.scale_mode) == (16, 321, "long_side")
+    assert list(train.scale_range) == [256, 448]

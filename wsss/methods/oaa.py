@@ -64,7 +64,8 @@ class OAAModule(ClassifierModule):
                  poly_power: float, extra_convs: int = 3, extra_channels: int = 512,
                  accumulate: bool = True, accumulate_size: int | None = None,
                  include_val: bool = True, attention_drop: bool = False,
-                 drop_threshold: float = 0.6, drop_p: float = 0.5) -> None:  # fmt: skip
+                 drop_threshold: float = 0.6, drop_p: float = 0.5,
+                 init_std: float | None = 0.01) -> None:  # fmt: skip
         super().__init__(backbone, num_classes, optimizer, new_lr_mult, poly_power)
         layers: list[nn.Module] = []
         width = self.backbone.out_channels
@@ -74,8 +75,8 @@ class OAAModule(ClassifierModule):
         self.extra = nn.Sequential(*layers)
         self.classifier = nn.Conv2d(width, num_classes, 1)
         for m in [*self.extra.modules(), self.classifier]:
-            if isinstance(m, nn.Conv2d):  # OAA: N(0, 0.01) for every new conv
-                nn.init.normal_(m.weight, std=0.01)
+            if isinstance(m, nn.Conv2d) and init_std is not None:  # OAA: N(0, 0.01) for every new conv
+                nn.init.normal_(m.weight, std=init_std)
                 nn.init.zeros_(m.bias)
         self.accumulate, self.accumulate_size, self.include_val = accumulate, accumulate_size, include_val
         self.attention_drop, self.drop_threshold, self.drop_p = attention_drop, drop_threshold, drop_p

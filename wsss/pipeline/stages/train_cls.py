@@ -14,7 +14,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     extra = getattr(model, "datamodule_overrides", dict)()
     datamodule = ctx.datamodule(**{
         "mode": "classification", "train_split": p.split, "batch_size": p.batch_size,
-        "crop_size": p.crop_size, "scale_range": list(p.scale_range), **extra,
+        "crop_size": p.crop_size, "scale_range": list(p.scale_range),
+        "scale_mode": p.get("scale_mode", "factor"), **extra,
     })
     trainer = ctx.trainer(max_epochs=p.max_epochs, **(p.get("trainer") or {}))
     trainer.fit(model, datamodule=datamodule)
