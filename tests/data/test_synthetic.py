@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -156,6 +157,13 @@ def test_ensure_reuses_regenerates_partial_and_checks_settings(tmp_path: Path) -
     (root / MARKER).rename(root / ".wsss_synthetic.partial.json")  # simulate a crash
     ensure_synthetic_voc(root, 3, 1, **kw)
     assert (root / MARKER).is_file() and not (root / ".wsss_synthetic.partial.json").exists()
+    # A tree from an older generator version is regenerated in place (it is ours: marker).
+    shutil.rmtree(root / "SegmentationObject")
+    marker = json.loads((root / MARKER).read_text())
+    (root / MARKER).write_text(json.dumps({**marker, "format_version": 1}))
+    ensure_synthetic_voc(root, 3, 1, **kw)
+    assert (root / "SegmentationObject").is_dir()
+    assert json.loads((root / MARKER).read_text())["format_version"] == marker["format_version"]
 
 
 def test_cli(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "wsss_synthetic.json"
 PARTIAL_MARKER = ".wsss_synthetic.partial.json"  # present only while a generation is running
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SegmentationObject instance masks
 DEFAULT_CLASSES: tuple[str, ...] = ("aeroplane", "boat", "car", "cat", "person", "train")
 BACKGROUNDS: tuple[str, ...] = ("sky", "grass", "water", "rails", "road", "indoor")
 RGB = tuple[int, int, int]
@@ -471,6 +471,11 @@ def ensure_synthetic_voc(root: Path, num_train: int, num_val: int,
     if (root / MARKER).is_file():
         found = read_json(root / MARKER)
         diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        if set(diff) == {"format_version"}:  # our own tree from an older generator: same scenes
+            log.warning("%s was made by an older generator (format %s); regenerating", root,
+                        found.get("format_version"))
+            return generate_voc(root, num_train, num_val, image_size, seed, classes, num_extra,
+                                progress)  # fmt: skip
         if diff:
             raise ValueError(f"synthetic VOC at {root} was made with other settings "
                              f"(found, wanted): {diff}; delete it or point root elsewhere")  # fmt: skip
