@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from tests.conftest import compose_cfg
 from wsss.data.datamodule import VOCDataModule
 from wsss.functional.oaa import normalize_attention, oaa_iam_loss
 from wsss.io import load_npz
@@ -126,3 +127,23 @@ def test_accumulated_to_cam_keys_are_the_gt_classes() -> None:
     assert keys.tolist() == [3, 8] and cams.shape == (2, 4, 4) and cams.dtype == np.float32
     assert cams[0].max() == 0  # class 3 has no accumulated map
     assert cams[1].max() == pytest.approx(1.0, abs=1e-4)  # max-normalised at full size
+
+
+def test_new_conv_init_follows_init_std() -> None:
+    # OAA's N(0, 0.01) by default; None: Kaiming-normal (std sqrt(2 / fan_in)), zero biases
+    official, kaiming = make(), make(init_std=None)
+    w = official.extra[0].weight
+    assert abs(w.std().item() - 0.01) < 1e-3
+    w = kaiming.extra[0].weight
+    fan_in = w[0].numel()
+    assert abs(w.std().item() - (2 / fan_in) ** 0.5) < 0.1 * (2 / fan_in) ** 0.5
+    assert all(not m.bias.detach().any()
+               for m in [*kaiming.extra.modules(), kaiming.classifier]
+               if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("root, init_std, new_lr_mult", [(None, None, 1), ("/data/voc", 0.01, 10)])
+def test_oaa_config_keeps_official_init_and_lr_mult_on_real_data(root, init_std, new_lr_mult) -> None:
+    overrides = ["method=oaa"] + ([f"data.root={root}"] if root else [])
+    method = compose_cfg(overrides, tiny=False).method
+    assert method.init_std == init_std and method.new_lr_mult == new_lr_mult

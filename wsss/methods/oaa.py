@@ -58,6 +58,10 @@ class OAAModule(ClassifierModule):
         accumulate_size: Long side of the accumulation pass (None: the train crop size).
         include_val: Also accumulate the data module's ``val_split`` images.
         attention_drop / drop_threshold / drop_p: OAA-drop (``--drop_layer``, 0.6, 0.5).
+        init_std: Std of the N(0, std) init of the new convs (OAA: 0.01, made for a pretrained
+            VGG16). None: Kaiming-normal (fan_in, ReLU) instead; with a randomly initialised
+            backbone the 0.01 init shrinks the signal through the four new layers so much that
+            the classifier only learns the label priors (see ``conf/method/oaa.yaml``).
     """
 
     def __init__(self, backbone: dict, num_classes: int, optimizer: Callable, new_lr_mult: float,
@@ -75,8 +79,11 @@ class OAAModule(ClassifierModule):
         self.extra = nn.Sequential(*layers)
         self.classifier = nn.Conv2d(width, num_classes, 1)
         for m in [*self.extra.modules(), self.classifier]:
-            if isinstance(m, nn.Conv2d) and init_std is not None:  # OAA: N(0, 0.01) for every new conv
-                nn.init.normal_(m.weight, std=init_std)
+            if isinstance(m, nn.Conv2d):  # OAA: N(0, 0.01) for every new conv
+                if init_std is None:  # variance-preserving, for a from-scratch backbone
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                else:
+                    nn.init.normal_(m.weight, std=init_std)
                 nn.init.zeros_(m.bias)
         self.accumulate, self.accumulate_size, self.include_val = accumulate, accumulate_size, include_val
         self.attention_drop, self.drop_threshold, self.drop_p = attention_drop, drop_threshold, drop_p
