@@ -40,6 +40,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from wsss.data.labels import IGNORE
+from wsss.data.sources import SourceBase
 from wsss.io import load_label_png
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def _read_split(path: Path) -> list[str]:
     return ids
 
 
-class COCOSource:
+class COCOSource(SourceBase):
     """Ids, file paths, 80-dim multi-hot labels and semantic masks of a COCO 2014 split.
 
     Args:
@@ -221,15 +222,6 @@ class COCOSource:
         return split, split.coco.imgs[image_id]
 
     # ------------------------------------------------------------------ VOCSource interface
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __repr__(self) -> str:
-        return f"COCOSource(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
-
-    def name(self, index: int) -> str:
-        return self.ids[index]
-
     def image_path(self, name: str) -> Path:
         _, record = self._record(name)
         path = self.root / split_of_id(name) / record["file_name"]
@@ -326,8 +318,3 @@ class COCOSource:
             self._labels[name] = out
         return self._labels[name].copy()
 
-    def label_matrix(self) -> np.ndarray:
-        """(N, 80) float32 labels of every id in ``ids`` order."""
-        if not self.ids:
-            return np.zeros((0, self.num_classes), dtype=np.float32)
-        return np.stack([self.labels(name) for name in self.ids])

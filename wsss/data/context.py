@@ -46,6 +46,7 @@ import scipy.io
 from PIL import Image
 
 from wsss.data.labels import BACKGROUND, IGNORE, multi_hot_from_mask
+from wsss.data.sources import SourceBase
 from wsss.io import load_label_png
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def _label_index(labels_txt: Path | None) -> tuple[dict[str, int], dict[str, str
     return index, names, largest
 
 
-class ContextSource:
+class ContextSource(SourceBase):
     """Ids, file paths, 59-class masks and 59-dim multi-hot labels of one PASCAL-Context split.
 
     Args:
@@ -288,15 +289,6 @@ class ContextSource:
         return lut
 
     # ------------------------------------------------------------------ VOCSource interface
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __repr__(self) -> str:
-        return f"ContextSource(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
-
-    def name(self, index: int) -> str:
-        return self.ids[index]
-
     def image_path(self, name: str) -> Path:
         path = self.root / "JPEGImages" / f"{name}.jpg"
         if not path.is_file():
@@ -375,8 +367,3 @@ class ContextSource:
             self._labels[name] = multi_hot_from_mask(self.load_mask(name), self.num_classes)
         return self._labels[name].copy()
 
-    def label_matrix(self) -> np.ndarray:
-        """(N, 59) float32 labels of every id in ``ids`` order."""
-        if not self.ids:
-            return np.zeros((0, self.num_classes), dtype=np.float32)
-        return np.stack([self.labels(name) for name in self.ids])

@@ -58,6 +58,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wsss.data.labels import IGNORE
+from wsss.data.sources import SourceBase
 from wsss.io import load_label_png
 
 LAYOUT = (
@@ -326,7 +327,7 @@ def _resolve_root(root: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- the source
-class FolderSource:
+class FolderSource(SourceBase):
     """Ids, file paths and (C,) multi-hot image labels of one split of an image folder.
 
     Args:
@@ -442,17 +443,11 @@ class FolderSource:
         return f"{self.root / IMAGE_DIR / name}.<{'|'.join(e[1:] for e in IMAGE_EXTENSIONS)}>"
 
     # ----------------------------------------------------------- VOCSource interface
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def __repr__(self) -> str:
         return (
             f"FolderSource(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
             f"classes={self.num_classes})"
         )
-
-    def name(self, index: int) -> str:
-        return self.ids[index]
 
     def image_path(self, name: str) -> Path:
         """``images/<name>.<ext>`` (extension found case-insensitively)."""
@@ -522,11 +517,6 @@ class FolderSource:
         out[list(self._label_index[name])] = 1.0
         return out
 
-    def label_matrix(self) -> np.ndarray:
-        """(N, C) float32 labels of every id in split order."""
-        if not self.ids:
-            return np.zeros((0, self.num_classes), dtype=np.float32)
-        return np.stack([self.labels(name) for name in self.ids])
 
 
 if __name__ == "__main__":

@@ -46,6 +46,30 @@ class Source(Protocol):
     def label_matrix(self) -> np.ndarray: ...
 
 
+class SourceBase:
+    """The parts of :class:`Source` every reader shares (ids list access, repr, label matrix)."""
+
+    root: Path
+    split: str
+    ids: list[str]
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
+
+    def name(self, index: int) -> str:
+        return self.ids[index]
+
+    def label_matrix(self) -> np.ndarray:
+        """(N, num_classes) float32 labels of every id in ``ids`` order."""
+        if not self.ids:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        return np.stack([self.labels(name) for name in self.ids])
+
+
 SourceFactory = Callable[..., Source]
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from wsss.data.labels import IGNORE, VOC_CLASSES, multi_hot_from_mask
+from wsss.data.sources import SourceBase
 from wsss.io import load_label_png
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _read_split(path: Path) -> list[str]:
     return ids
 
 
-class VOCSource:
+class VOCSource(SourceBase):
     """Ids, file paths and 20-dim multi-hot image labels of one VOC split.
 
     Args:
@@ -104,15 +105,6 @@ class VOCSource:
                 if Path(name).is_absolute() and Path(name).is_dir():
                     dirs.append(Path(name))
         return dirs
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __repr__(self) -> str:
-        return f"VOCSource(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
-
-    def name(self, index: int) -> str:
-        return self.ids[index]
 
     def image_path(self, name: str) -> Path:
         path = self.root / "JPEGImages" / f"{name}.jpg"
