@@ -72,6 +72,25 @@ class StageContext:
             f"{stage!r} first, or point +pipeline.inputs.{stage}=DIR / pipeline.from_run=RUN_DIR at one."
         )
 
+    def read(self, role: str) -> Path:
+        """Directory of the finished stage this stage declares under ``reads.<role>``.
+
+        Stage configs name their inputs by role (``reads: {cams: make_cam, threshold: eval_cam}``);
+        the runner, not the stage, decides where that stage's output lives (see :meth:`input`).
+        """
+        reads = self.params.get("reads") or {}
+        if role not in reads:
+            raise KeyError(f"stage {self.name!r} reads role {role!r}, but stages.{self.name}.reads "
+                           f"declares only {sorted(reads)}; add stages.{self.name}.reads.{role}=STAGE")
+        if reads[role] is None:
+            raise KeyError(f"stages.{self.name}.reads.{role} is null; name the stage to read from")
+        return self.input(str(reads[role]))
+
+    def read_optional(self, role: str) -> Path | None:
+        """Like :meth:`read`, but ``None`` when the role is absent or null (an optional input)."""
+        reads = self.params.get("reads") or {}
+        return None if reads.get(role) is None else self.read(role)
+
     def data_root(self) -> Path:
         return resolve_data_root(self.cfg)
 
