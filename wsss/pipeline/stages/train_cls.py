@@ -17,8 +17,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         "crop_size": p.crop_size, "scale_range": list(p.scale_range),
         "scale_mode": p.get("scale_mode", "factor"), **extra,
     })
-    trainer = ctx.trainer(max_epochs=p.max_epochs, **(p.get("trainer") or {}))
-    trainer.fit(model, datamodule=datamodule)
+    trainer = ctx.fit(model, trainer_kwargs={"max_epochs": p.max_epochs, **(p.get("trainer") or {})},
+                      datamodule=datamodule)
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
