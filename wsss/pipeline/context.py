@@ -167,6 +167,25 @@ class StageContext:
             logger.log_metrics(prefixed, step=step)
 
 
+def rank() -> int:
+    """Global rank (0 without DDP); Lightning sets it from the launcher's environment."""
+    return int(L.fabric.utilities.rank_zero.rank_zero_only.rank)
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    """Wait for every DDP rank (no-op without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def inference_device(cfg: DictConfig) -> torch.device:
     """CUDA when there is a GPU and ``trainer.accelerator`` is not ``cpu``, else CPU (under DDP:
     this rank's GPU, which Lightning made the current one)."""

@@ -48,9 +48,12 @@ def stage_config(cfg: DictConfig, name: str) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k not in IGNORED_STAGE_KEYS}
 
 
-def global_config(cfg: DictConfig) -> dict[str, Any]:
+def global_config(cfg: DictConfig, keys: Iterable[str] | None = None) -> dict[str, Any]:
     """Settings outside ``stages`` that shape outputs: method, backbone, data identity, protocol,
-    seed and numeric precision (not: loggers, paths, workers, devices)."""
+    seed and numeric precision (not: loggers, paths, workers, devices).
+
+    ``keys``: only these (dotted, e.g. ``protocol.holdout_fraction``); a stage module narrows
+    them with ``GLOBAL_KEYS`` (a fit stage does not depend on the evaluation protocol)."""
     data = _container(cfg.data)
     module = dict(data.get("module") or {})
     for key in ("num_workers", "persistent_workers", "pin_memory"):
@@ -59,9 +62,44 @@ def global_config(cfg: DictConfig) -> dict[str, Any]:
     if data.get("root") is not None:
         data.pop("synthetic", None)  # only used when there is no root
     trainer = cfg.get("trainer") or {}
-    return {"method": _container(cfg.get("method")), "backbone": _container(cfg.get("backbone")),
+    full = {"method": _container(cfg.get("method")), "backbone": _container(cfg.get("backbone")),
             "data": data, "protocol": _container(cfg.get("protocol")), "seed": cfg.get("seed"),
             "precision": str(trainer.get("precision", "32-true"))}  # fmt: skip
+    if keys is None:
+        return full
+    out: dict[str, Any] = {}
+    for key in keys:
+        head, _, rest = key.partition(".")
+        value = full.get(head)
+        for part in rest.split(".") if rest else ():
+            value = value.get(part) if isinstance(value, Mapping) else None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+# The global keys of a stage that does not say otherwise (GLOBAL_KEYS in its module): all.
+ALL_GLOBAL_KEYS = None
+# Fit and CAM stages: the data and the network, not the evaluation protocol.
+MODEL_KEYS = ("method", "backbone", "data", "seed", "precision")
+# Stages covering the held-out threshold subset too (which images it holds).
+HOLDOUT_KEYS = ("protocol.holdout_split", "protocol.holdout_fraction", "protocol.seed")
+
+
+def stage_global_keys(cfg: DictConfig, name: str) -> tuple[str, ...] | None:
+    """``GLOBAL_KEYS`` of stage ``name``'s module (None = every global key)."""
+    import importlib
+
+    target = str(cfg.stages[name].get("_target_", ""))
+    try:
+        module = importlib.import_module(target.rsplit(".", 1)[0])
+    except ImportError:
+        return None
+    keys = getattr(module, "GLOBAL_KEYS", None)
+    return tuple(keys) if keys is not None else None
 
 
 def digest(value: Any) -> str:
@@ -72,7 +110,7 @@ def digest(value: Any) -> str:
 
 def fingerprint(cfg: DictConfig, name: str) -> dict[str, Any]:
     """``{"config": {"stage": ..., "global": ...}, "config_hash": ...}`` of stage ``name``."""
-    config = {"stage": stage_config(cfg, name), "global": global_config(cfg)}
+    config = {"stage": stage_config(cfg, name), "global": global_config(cfg, stage_global_keys(cfg, name))}
     return {"config": config, "config_hash": digest(config)}
 
 

@@ -23,10 +23,12 @@ from wsss.pipeline.context import (
     CKPT_DIR,
     REUSED_FILE,
     StageContext,
+    barrier,
     finish_stage,
     finished_stage_dir,
     is_finished,
     locate_stage,
+    rank,
     read_metrics,
 )
 from wsss.pipeline.manifest import (
@@ -133,14 +135,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
             continue
         if step.action == "absent":
             continue
-        if reused and not reused_written and _rank() == 0:
+        if reused and not reused_written and rank() == 0:
             write_json(run_dir / REUSED_FILE, reused)  # before any stage here can need it
         reused_written = True
         all_ranks = bool(cfg.stages[name].get("all_ranks", False))
-        if _rank() == 0:
+        if rank() == 0:
             prepare_stage_dir(cfg, run_dir, name, replace=step.replace)
-        _barrier()  # the directory is ready (old copies moved aside) before any rank looks at it
-        if _rank() != 0 and not all_ranks:
+        barrier()  # the directory is ready (old copies moved aside) before any rank looks at it
+        if rank() != 0 and not all_ranks:
             results[name] = _wait_for_rank_zero(stage_dir, float(pipe.get("rank_wait_s", 86400)))
             continue
         log.info("stage %s", name)
@@ -156,13 +158,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         finally:
             _close(ctx.loggers)
         if all_ranks:
-            _barrier()  # every rank's share (e.g. predicted CAMs) is on disk before the marker
-        if _rank() == 0:
+            barrier()  # every rank's share (e.g. predicted CAMs) is on disk before the marker
+        if rank() == 0:
             finish_stage(ctx, metrics)
             write_manifest(ctx.out_dir, stage_manifest(cfg, ctx, forced))
             shutil.rmtree(ctx.out_dir / CKPT_DIR, ignore_errors=True)  # resume state, not output
         results[name] = {"stage": name, **metrics}  # the same dict metrics.json holds
-    if reused and not reused_written and _rank() == 0:
+    if reused and not reused_written and rank() == 0:
         write_json(run_dir / REUSED_FILE, reused)  # every stage was reused
     print_summary(results)
     return results
@@ -202,7 +204,7 @@ def plan_pipeline(cfg: DictConfig, run_dir: Path) -> tuple[list[Step], dict[str,
     only = list(pipe.only or [])
     steps: list[Step] = []
     hashes: dict[str, str | None] = {}  # manifest hash of each stage whose finished copy is used
-    changed: set[str] = set()  # stages (re)run here: their outputs will differ
+    changed: set[str] = set()  # stages (re)run here, or not reported: their outputs will differ
     problems: dict[str, list[str]] = {}
     forced: dict[str, list[str]] = {}
 
@@ -226,9 +228,11 @@ def plan_pipeline(cfg: DictConfig, run_dir: Path) -> tuple[list[Step], dict[str,
         stage_dir = run_dir / "stages" / name
         own = stage_dir if pipe.skip_done and is_finished(stage_dir) else None
         remote = finished_stage_dir(from_run, name) if (prefix and from_run is not None) else None
+        reads = {str(s) for s in (cfg.stages[name].get("reads") or {}).values() if s is not None}
         if only and name not in only:
             found = own or (remote if prefix else None)
-            if found is None:
+            if found is None or reads & changed:  # its finished copy was made from older inputs
+                changed.add(name)
                 steps.append(Step(name, "absent"))
                 continue
             diff = check(name, found)
@@ -237,7 +241,6 @@ def plan_pipeline(cfg: DictConfig, run_dir: Path) -> tuple[list[Step], dict[str,
             hashes[name] = (read_manifest(found) or {}).get("manifest_hash")
             steps.append(Step(name, "report", found, diff=diff))
             continue
-        reads = {str(s) for s in (cfg.stages[name].get("reads") or {}).values() if s is not None}
         step = Step(name, "run", replace=stage_dir.exists())
         if only:
             pass  # a stage named in pipeline.only always runs
@@ -343,18 +346,6 @@ def stage_manifest(cfg: DictConfig, ctx: StageContext, forced: dict[str, list[st
                           content_hash=bool(cfg.pipeline.get("content_hash", True)))
 
 
-def _rank() -> int:
-    """Global rank (0 without DDP); Lightning sets it from the launcher's environment."""
-    return int(L.fabric.utilities.rank_zero.rank_zero_only.rank)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _wait_for_rank_zero(stage_dir: Path, timeout_s: float, poll_s: float = 2.0) -> dict:
     """Under DDP only stages with ``all_ranks: true`` (those that fit or predict with a Trainer,
     and per-image stages that shard their images) run on every rank; the others run on rank 0
@@ -362,7 +353,7 @@ def _wait_for_rank_zero(stage_dir: Path, timeout_s: float, poll_s: float = 2.0) 
     deadline = time.monotonic() + timeout_s
     while not is_finished(stage_dir):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"rank {_rank()}: rank 0 did not finish {stage_dir} within "
+            raise TimeoutError(f"rank {rank()}: rank 0 did not finish {stage_dir} within "
                                f"{timeout_s:.0f} s (pipeline.rank_wait_s)")
         time.sleep(poll_s)
     return read_metrics(stage_dir)

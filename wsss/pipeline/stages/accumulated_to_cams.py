@@ -27,8 +27,12 @@ from wsss.methods.oaa import ACCUMULATED_DIR
 from wsss.pipeline.cam_inference import CAMInference, CAMWriter
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import stage_images
+from wsss.pipeline.manifest import HOLDOUT_KEYS, MODEL_KEYS
 from wsss.pipeline.models import load_stage_model
 
+# What outside stages.accumulated_to_cams shapes its output (its manifest): the network, the data and which
+# images the held-out subset holds; not how thresholds are chosen.
+GLOBAL_KEYS = (*MODEL_KEYS, *HOLDOUT_KEYS)
 
 def accumulated_to_cam(keys: np.ndarray, maps: np.ndarray, labels: np.ndarray,
                        size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip

@@ -5,7 +5,10 @@ from __future__ import annotations
 from hydra.utils import instantiate
 
 from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
+from wsss.pipeline.manifest import MODEL_KEYS
 
+# What outside stages.train_cls shapes its output (its manifest; not the evaluation protocol).
+GLOBAL_KEYS = MODEL_KEYS
 
 def run(ctx: StageContext) -> dict[str, float]:
     p = ctx.params
@@ -22,4 +25,4 @@ def run(ctx: StageContext) -> dict[str, float]:
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
-    return {"epochs": p.max_epochs, "split": p.split, **metrics}
+    return {"epochs": p.max_epochs, "steps": int(trainer.global_step), "split": p.split, **metrics}

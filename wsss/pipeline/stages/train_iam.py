@@ -22,7 +22,10 @@ from wsss.io import load_npz
 from wsss.methods.oaa import ACCUMULATED_DIR
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
 from wsss.pipeline.image_sets import source
+from wsss.pipeline.manifest import MODEL_KEYS
 
+# What outside stages.train_iam shapes its output (its manifest; not the evaluation protocol).
+GLOBAL_KEYS = MODEL_KEYS
 
 class IAMDataset(Dataset):
     """dict(image (3, S, S), target (C, S, S) in [0, 1], labels (C,), name) for ids with maps."""

@@ -14,8 +14,11 @@ from omegaconf import OmegaConf
 
 from wsss.pipeline.artifacts import label_dir
 from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
+from wsss.pipeline.manifest import MODEL_KEYS
 from wsss.pipeline.models import init_from, torch_threads
 
+# What outside stages.train_refiner shapes its output (its manifest; not the evaluation protocol).
+GLOBAL_KEYS = MODEL_KEYS
 
 def run(ctx: StageContext) -> dict:
     with torch_threads(ctx.params.get("num_threads")):

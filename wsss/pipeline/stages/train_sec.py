@@ -13,7 +13,10 @@ from wsss.data.cues import CueDataset
 from wsss.pipeline.artifacts import cue_dir_of
 from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
 from wsss.pipeline.image_sets import source
+from wsss.pipeline.manifest import MODEL_KEYS
 
+# What outside stages.train_sec shapes its output (its manifest; not the evaluation protocol).
+GLOBAL_KEYS = MODEL_KEYS
 
 def run(ctx: StageContext) -> dict:
     p = ctx.params

@@ -6,8 +6,11 @@ from hydra.utils import instantiate
 
 from wsss.pipeline.artifacts import label_dir
 from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
+from wsss.pipeline.manifest import MODEL_KEYS
 from wsss.pipeline.models import init_from
 
+# What outside stages.train_seg shapes its output (its manifest; not the evaluation protocol).
+GLOBAL_KEYS = MODEL_KEYS
 
 def run(ctx: StageContext) -> dict:
     p = ctx.params
