@@ -75,3 +75,26 @@ def pending(ids: Sequence[str], path_of: Callable[[str], Path], valid: Callable[
         for tmp in folder.glob(".*") if folder.is_dir() else ():
             tmp.unlink(missing_ok=True)  # a temp file of a write that never finished
     return todo
+
+
+def shard(ids: Sequence[str]) -> list[str]:
+    """This DDP rank's share of ``ids`` (every ``world``-th from its rank; all without DDP).
+
+    A per-image stage with ``all_ranks: true`` runs on every rank, writes the files of its share
+    and reduces its scores (:func:`reduce_sum`, ``SegmentationMetric(sync=True)``)."""
+    from wsss.pipeline.context import rank, world_size
+
+    return list(ids)[rank() :: world_size()] if world_size() > 1 else list(ids)
+
+
+def reduce_sum(values: Sequence[float]) -> list[float]:
+    """Element-wise sum of ``values`` over DDP ranks (as given without DDP)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return tensor.cpu().tolist()
