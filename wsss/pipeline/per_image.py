@@ -98,3 +98,17 @@ def reduce_sum(values: Sequence[float]) -> list[float]:
         tensor = tensor.cuda()
     dist.all_reduce(tensor)
     return tensor.cpu().tolist()
+
+
+def done_label(path: Path) -> np.ndarray | None:
+    """The label PNG an interrupted attempt already wrote at ``path`` (None: compute it)."""
+    from wsss.io import load_label_png
+
+    return load_label_png(path) if path.is_file() and valid_png(path) else None
+
+
+def done_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """The .npz arrays an interrupted attempt already wrote at ``path`` (None: compute them)."""
+    from wsss.io import load_npz
+
+    return load_npz(path) if path.is_file() and valid_npz(path, keys) else None
