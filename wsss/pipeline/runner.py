@@ -164,8 +164,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
             barrier()  # every rank's share (e.g. predicted CAMs) is on disk before the marker
         if rank() == 0:
             finish_stage(ctx, metrics)
+            for ckpt_dir in sorted(ctx.out_dir.rglob(CKPT_DIR)):  # resume state, not output
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
             write_manifest(ctx.out_dir, stage_manifest(cfg, ctx, forced))
-            shutil.rmtree(ctx.out_dir / CKPT_DIR, ignore_errors=True)  # resume state, not output
         results[name] = {"stage": name, **metrics}  # the same dict metrics.json holds
     if reused and not reused_written and rank() == 0:
         write_json(run_dir / REUSED_FILE, reused)  # every stage was reused
