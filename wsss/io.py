@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,8 +47,12 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"artifact not found: {path}")
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as err:
+        raise ValueError(f"corrupt or unreadable .npz artifact {path} ({type(err).__name__}: {err}); "
+                         "delete it (or its stage directory) and rerun the stage that wrote it") from err
 
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:
@@ -66,10 +71,69 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label PNG not found: {path}")
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected a palette (P) or grayscale (L) PNG, got mode {image.mode}")
-        return np.array(image, dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise ValueError(f"{path}: expected a palette (P) or grayscale (L) PNG, got mode {image.mode}")
+            return np.array(image, dtype=np.uint8)
+    except (OSError, SyntaxError) as err:  # truncated / not a PNG (UnidentifiedImageError is an OSError)
+        raise ValueError(f"cannot decode label PNG {path}: {err}") from err
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file COMPLETELY as (H, W, 3) uint8 RGB (a writable copy); a truncated,
+    empty or non-image file raises ValueError naming it (PIL alone says only "image file is
+    truncated")."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot decode image {path}: {err}") from err
+
+
+def load_grey(path: str | os.PathLike, what: str = "image") -> np.ndarray:
+    """(H, W) uint8 of a grayscale map (saliency PNG); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("L"))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot decode {what} {path}: {err}") from err
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file (a BOM is fine); a non-UTF-8 byte raises ValueError naming the file,
+    the line and the byte instead of a bare UnicodeDecodeError."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: byte 0x{data[err.start]:02x} is not UTF-8 "
+                         f"({err.reason}); save the file as UTF-8") from err
+
+
+def load_weights(path: str | os.PathLike, what: str = "weights file") -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a state dict; a missing, truncated or non-weights
+    file raises an error naming it (pickled objects are refused, as weights_only does)."""
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError / UnpicklingError / EOFError / zip errors
+        raise ValueError(f"cannot load {what} {path} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); expected a state dict "
+                         "saved with torch.save (weights only)") from err
+    return state
 
 
 def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:

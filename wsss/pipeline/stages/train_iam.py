@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from wsss.data.datasets import collate_single
 from wsss.data.sources import Source
 from wsss.data.transforms import build_eval_transform, finalize, to_tv_tensors
-from wsss.io import load_npz
+from wsss.io import load_npz, load_weights
 from wsss.methods.oaa import ACCUMULATED_DIR
 from wsss.pipeline.cam_inference import CAMInference, CAMWriter
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
@@ -66,7 +66,7 @@ def run(ctx: StageContext) -> dict:
                         drop_last=len(dataset) > p.batch_size, persistent_workers=data.num_workers > 0)
     model = instantiate(p.module)
     if p.init_from:  # start from a trained classifier of the same architecture
-        state = torch.load(ctx.input(p.init_from) / MODEL_FILE, map_location="cpu", weights_only=True)
+        state = load_weights(ctx.input(p.init_from) / MODEL_FILE, "classifier weights")
         model.load_state_dict(state)
     trainer = ctx.trainer(max_epochs=p.max_epochs, limit_val_batches=0)
     trainer.fit(model, train_dataloaders=loader)
