@@ -289,6 +289,30 @@ def _run_checks(names: list[str], workers: int, progress: bool) -> dict[str, lis
     return results
 
 
+def _decode_one(path: str) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # the whole file, not only the header
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"cannot decode image {path}: {err}"
+    return None
+
+
+def decode_problems(paths: Sequence[str | os.PathLike], workers: int | None = None) -> list[str]:
+    """'cannot decode image <file>: ...' for every image file of ``paths`` that does not decode
+    completely (truncated, empty, not an image), checked in parallel worker processes."""
+    files = [str(p) for p in paths]
+    workers = workers or available_cores()
+    if workers > 1 and len(files) >= _SERIAL_BELOW:
+        with ProcessPoolExecutor(workers) as pool:
+            found = list(pool.map(_decode_one, files, chunksize=32))
+    else:
+        found = [_decode_one(f) for f in files]
+    return [p for p in found if p]
+
+
 # --------------------------------------------------------------------------- the cache
 def _cache_file(cfg: DictConfig, root: Path, run_dir: Path | None, mask_dirs: Sequence[str | None]) -> Path | None:
     check = cfg.data.get("check") or {}
