@@ -405,3 +405,14 @@ def test_train_py_second_process_on_one_run_dir_stops_at_once(tmp_path: Path) ->
     assert done.returncode != 0
     assert f"in use by pid {holder.pid}" in done.stderr
     assert not (run_dir / ".hydra").exists()  # Hydra did not overwrite the holder's config
+
+
+def test_check_command_lists_the_problems(voc: Path, capsys: pytest.CaptureFixture) -> None:
+    from wsss.data.check import main
+
+    assert main([f"data.root={voc}", "data.check.workers=1"]) == 0
+    assert "29 images" in capsys.readouterr().out
+    culprit = mask_value_above_classes(voc)
+    assert main([f"data.root={voc}", "data.check.workers=1"]) == 1
+    out = capsys.readouterr().out
+    assert f"problem: {voc / culprit}: mask values [50] are not valid for 20 classes" in out

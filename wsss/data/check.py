@@ -387,7 +387,7 @@ def check_data(cfg: DictConfig, root: str | os.PathLike | None = None, run_dir: 
     expected_masks: set[str] = set()
     scored = {dataset_split(split_map, s) for s in _scored_splits(cfg)}
     class_names: tuple[str, ...] | None = None
-    first_split = None
+    first_split, first_src = None, None
     for generic in pipeline_splits(cfg):
         split = dataset_split(split_map, generic)
         if split in report.splits:
@@ -402,7 +402,7 @@ def check_data(cfg: DictConfig, root: str | os.PathLike | None = None, run_dir: 
             problem(f"split {split!r} of {src!r} is empty")
             continue
         if class_names is None:
-            class_names, first_split = tuple(src.class_names), split
+            class_names, first_split, first_src = tuple(src.class_names), split, src
             if int(data.num_classes) != len(class_names):
                 problem(f"data.num_classes={data.num_classes} but {src!r} has {len(class_names)} classes "
                         f"({', '.join(class_names[:5])}, ...); set data.num_classes={len(class_names)}")
@@ -422,7 +422,10 @@ def check_data(cfg: DictConfig, root: str | os.PathLike | None = None, run_dir: 
     _READERS.clear()
     _SETTINGS.clear()
     first = dataset_split(split_map, pipeline_splits(cfg)[0])
-    for mask_dir in mask_dirs:
+    for mask_dir in mask_dirs:  # a reader reads any id of the dataset, not only its split's
+        if mask_dir == mask_dirs[0] and first_src is not None:
+            _READERS[mask_dir] = first_src  # (COCO: its annotation files are parsed already)
+            continue
         try:
             _READERS[mask_dir] = open_source(spec, root, first_split or first, splits=None,
                                              mask_dir=mask_dir, check_images=False)  # fmt: skip
@@ -463,7 +466,10 @@ def check_data(cfg: DictConfig, root: str | os.PathLike | None = None, run_dir: 
     workers = workers or check.get("workers") or available_cores()
     if progress is None:
         progress = sys.stderr.isatty()
-    results.update(_run_checks(todo, int(workers), progress))
+    try:
+        results.update(_run_checks(todo, int(workers), progress))
+    finally:
+        _READERS.clear()  # a COCO reader holds the parsed annotations
     if todo:
         entries = {**cache, **{n: {"sig": signatures[n], "problems": results[n]} for n in todo}}
         _write_cache(report.cache_file, entries)
