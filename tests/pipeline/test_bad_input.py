@@ -139,7 +139,9 @@ DATA_CASES: dict[str, Callable[[Path], str]] = {f.__name__: f for f in (
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
-def test_damaged_voc_tree_stops_before_training_naming_the_file(voc: Path, tmp_path: Path, case: str) -> None:
+def test_damaged_voc_tree_stops_before_training_naming_the_file(
+    voc: Path, tmp_path: Path, case: str
+) -> None:
     culprit = DATA_CASES[case](voc)
     run_dir = tmp_path / "run"
     with pytest.raises(DataCheckError) as err:
@@ -170,7 +172,9 @@ def test_parallel_workers_find_the_same_problems(voc: Path) -> None:
     assert len(report.bad_ids) == 1
 
 
-def test_on_error_skip_records_and_really_excludes_the_bad_images(voc: Path, tmp_path: Path) -> None:
+def test_on_error_skip_records_and_really_excludes_the_bad_images(
+    voc: Path, tmp_path: Path
+) -> None:
     culprit = truncated_jpeg(voc)
     bad = culprit.removesuffix(".jpg")
     cfg = _cfg(voc, "data.check.on_error=skip")
@@ -201,7 +205,9 @@ def test_voc_reader_refuses_repeated_ids(voc: Path) -> None:
 
 
 # --------------------------------------------------------------------------- other formats
-def test_folder_with_non_utf8_labels_csv_names_the_file_and_line(synthetic_root: Path, tmp_path: Path) -> None:
+def test_folder_with_non_utf8_labels_csv_names_the_file_and_line(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
     from tests.data.fake_folder import write_folder_from_voc
     from wsss.data.folder import FolderSource
 
@@ -217,12 +223,14 @@ def test_folder_with_non_utf8_labels_csv_names_the_file_and_line(synthetic_root:
     assert any("labels.csv, line 4" in p for p in report.problems), report.problems
 
 
-def test_folder_truncated_jpeg_is_caught_by_both_checkers(synthetic_root: Path, tmp_path: Path) -> None:
+def test_folder_truncated_jpeg_is_caught_by_both_checkers(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
     from tests.data.fake_folder import write_folder_from_voc
     from wsss.data.folder_check import check_folder
 
     root = write_folder_from_voc(synthetic_root, tmp_path / "folder")
-    jpeg = sorted((root / "images").glob("*.jpg"))[0]
+    jpeg = min((root / "images").glob("*.jpg"))
     _truncate(jpeg)
     assert any(jpeg.name in p and "decode" in p for p in check_folder(root).problems)
     cfg = compose_cfg([f"data.root={root}", "data=folder", "data.check.workers=1"], tiny=False)
@@ -234,7 +242,7 @@ def test_coco_truncated_image_is_named(synthetic_root: Path, tmp_path: Path) -> 
     from tests.data.fake_coco import write_coco_from_voc
 
     root = write_coco_from_voc(synthetic_root, tmp_path / "coco")
-    jpeg = sorted((root / "val2014").glob("*.jpg"))[0]
+    jpeg = min((root / "val2014").glob("*.jpg"))
     _truncate(jpeg)
     cfg = compose_cfg([f"data.root={root}", "data=coco", "data.check.workers=1"], tiny=False)
     report = check_data(cfg)
@@ -245,7 +253,7 @@ def test_context_mask_of_the_wrong_size_is_named(synthetic_root: Path, tmp_path:
     from tests.data.fake_context import write_context_from_voc
 
     root = write_context_from_voc(synthetic_root, tmp_path / "context")
-    jpeg = sorted((root / "JPEGImages").glob("*.jpg"))[0]
+    jpeg = min((root / "JPEGImages").glob("*.jpg"))
     with Image.open(jpeg) as image:
         image.convert("RGB").resize((20, 10)).save(jpeg)
     cfg = compose_cfg([f"data.root={root}", "data=context", "data.check.workers=1"], tiny=False)
@@ -262,9 +270,13 @@ def test_the_readme_saliency_key_works_as_written(voc: Path, tmp_path: Path) -> 
     validate_config(cfg)
     assert cfg.method.saliency_dir == str(maps)  # the method reads the one key
     assert check_data(cfg).ok
-    with pytest.raises(DataCheckError, match="data.module.saliency_dir=SALImages: saliency folder not found"):
+    with pytest.raises(
+        DataCheckError, match="data.module.saliency_dir=SALImages: saliency folder not found"
+    ):
         preflight_data(_cfg(voc, "method=eps"), tmp_path / "run")
-    with pytest.raises(ConfigError, match="method.saliency_dir=.*set data.module.saliency_dir instead"):
+    with pytest.raises(
+        ConfigError, match="method.saliency_dir=.*set data.module.saliency_dir instead"
+    ):
         validate_config(_cfg(voc, "method=eps", f"method.saliency_dir={maps}"))
 
 
@@ -313,7 +325,10 @@ def test_valid_configs_pass(tmp_path: Path) -> None:
 
 
 def test_folder_with_a_missing_root_speaks_of_a_folder() -> None:
-    with pytest.raises(ConfigError, match=r"data.root=/no/such/folder: directory not found; expected folder layout"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.root=/no/such/folder: directory not found; expected folder layout",
+    ):
         validate_config(compose_cfg(["data=folder", "data.root=/no/such/folder"], tiny=False))
 
 
@@ -347,15 +362,19 @@ def test_loaders_name_the_file(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the run-dir lock
 def _holder(run_dir: Path) -> subprocess.Popen:
-    code = (f"from wsss.pipeline.lock import acquire_run_lock; import sys, time; "
-            f"acquire_run_lock({str(run_dir)!r}); print('held', flush=True); time.sleep(60)")
+    code = (
+        f"from wsss.pipeline.lock import acquire_run_lock; import sys, time; "
+        f"acquire_run_lock({str(run_dir)!r}); print('held', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
 
 
-def test_a_second_process_on_the_run_dir_stops_and_a_dead_holder_does_not_block(tmp_path: Path) -> None:
+def test_a_second_process_on_the_run_dir_stops_and_a_dead_holder_does_not_block(
+    tmp_path: Path,
+) -> None:
     run_dir = tmp_path / "run"
     holder = _holder(run_dir)
     try:
@@ -374,7 +393,7 @@ def test_a_second_process_on_the_run_dir_stops_and_a_dead_holder_does_not_block(
 def _train(*overrides: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
 
 
 def test_train_py_refuses_a_bad_value_before_anything_runs(tmp_path: Path) -> None:

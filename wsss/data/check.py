@@ -90,8 +90,11 @@ class DataReport:
                 f"{self.num_cached} from the cache, {self.seconds:.1f} s")  # fmt: skip
         if self.ok:
             return head + "; OK"
-        return head + f"; {len(self.problems)} problem(s)" + (
-            f", {len(self.bad_ids)} image(s) affected" if self.bad_ids else "")
+        return (
+            head
+            + f"; {len(self.problems)} problem(s)"
+            + (f", {len(self.bad_ids)} image(s) affected" if self.bad_ids else "")
+        )
 
 
 # --------------------------------------------------------------------------- what to check
@@ -136,7 +139,10 @@ def saliency_requirement(cfg: DictConfig) -> tuple[str, str] | None:
     stages, order = cfg.get("stages") or {}, (cfg.get("pipeline") or {}).get("order") or []
     for name in order:
         node = stages.get(name) or {}
-        if str(node.get("_target_", "")).endswith("make_cues.run") and node.get("saliency") == "png":
+        if (
+            str(node.get("_target_", "")).endswith("make_cues.run")
+            and node.get("saliency") == "png"
+        ):
             return str(node.get("saliency_dir") or "SALImages"), "data.module.saliency_dir"
     return None
 
@@ -194,8 +200,10 @@ def check_one(name: str) -> list[str]:
             continue
         if not has:
             if name in expected:
-                problems.append(f"{image_file}: no GT mask ({_mask_file(reader, name)}); every image "
-                                f"of the split(s) scored against masks needs one")
+                problems.append(
+                    f"{image_file}: no GT mask ({_mask_file(reader, name)}); every image "
+                    f"of the split(s) scored against masks needs one"
+                )
             continue
         where = _mask_file(reader, name)
         if where in seen:
@@ -211,9 +219,11 @@ def check_one(name: str) -> list[str]:
                             f"{_fmt_shape(size)}")  # fmt: skip
         bad = np.unique(mask[(mask > num_classes) & (mask != IGNORE)])
         if bad.size:
-            problems.append(f"{where}: mask values {bad[:10].tolist()} are not valid for {num_classes} "
-                            f"classes (expected 0 = background, 1..{num_classes} = class + 1, "
-                            f"{IGNORE} = void)")
+            problems.append(
+                f"{where}: mask values {bad[:10].tolist()} are not valid for {num_classes} "
+                f"classes (expected 0 = background, 1..{num_classes} = class + 1, "
+                f"{IGNORE} = void)"
+            )
     saliency = settings.get("saliency_dir")
     if saliency is not None:
         from wsss.io import load_grey
@@ -225,8 +235,10 @@ def check_one(name: str) -> list[str]:
             problems.append(str(err))
         else:
             if sal.shape[:2] != size:
-                problems.append(f"{path}: saliency map is {_fmt_shape(sal.shape)}, its image "
-                                f"{image_file} is {_fmt_shape(size)}")
+                problems.append(
+                    f"{path}: saliency map is {_fmt_shape(sal.shape)}, its image "
+                    f"{image_file} is {_fmt_shape(size)}"
+                )
     return problems
 
 
@@ -272,11 +284,17 @@ def _run_checks(names: list[str], workers: int, progress: bool) -> dict[str, lis
     bar = tqdm(total=len(names), desc="data check", unit="img", disable=not progress,
                file=sys.stderr, leave=False)  # fmt: skip
     chunk = max(1, min(64, len(names) // (workers * 8) or 1))
-    chunks = [names[i:i + chunk] for i in range(0, len(names), chunk)]
-    use_pool = workers > 1 and len(names) >= _SERIAL_BELOW and "fork" in multiprocessing.get_all_start_methods()
+    chunks = [names[i : i + chunk] for i in range(0, len(names), chunk)]
+    use_pool = (
+        workers > 1
+        and len(names) >= _SERIAL_BELOW
+        and "fork" in multiprocessing.get_all_start_methods()
+    )
     try:
         if use_pool:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork")
+            ) as pool:
                 for part in pool.map(_check_many, chunks):
                     results.update(part)
                     bar.update(len(part))
@@ -314,10 +332,12 @@ def decode_problems(paths: Sequence[str | os.PathLike], workers: int | None = No
 
 
 # --------------------------------------------------------------------------- the cache
-def _cache_file(cfg: DictConfig, root: Path, run_dir: Path | None, mask_dirs: Sequence[str | None]) -> Path | None:
+def _cache_file(cfg: DictConfig, root: Path, run_dir: Path | None, mask_dirs: Sequence[str | None],
+                class_names: Sequence[str]) -> Path | None:  # fmt: skip
+    """One cache per dataset root and everything that changes a verdict besides the files."""
     check = cfg.data.get("check") or {}
     key = json.dumps([CACHE_VERSION, str(root.resolve()), str(cfg.data.source.get("_target_")),
-                      [str(m) for m in mask_dirs], _SETTINGS.get("saliency_dir")])  # fmt: skip
+                      [str(m) for m in mask_dirs], _SETTINGS.get("saliency_dir"), list(class_names)])  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     candidates = [Path(str(check.get("cache_dir"))).expanduser()] if check.get("cache_dir") else []
@@ -393,7 +413,9 @@ def check_data(cfg: DictConfig, root: str | os.PathLike | None = None, run_dir: 
         if split in report.splits:
             continue
         try:
-            src = open_source(spec, root, generic, splits=split_map, mask_dir=mask_dirs[0], check_images=False)
+            src = open_source(
+                spec, root, generic, splits=split_map, mask_dir=mask_dirs[0], check_images=False
+            )
         except (OSError, ValueError, KeyError) as err:
             problem(f"split {split!r}: {err}")
             continue
@@ -404,11 +426,15 @@ def check_data(cfg: DictConfig, root: str | os.PathLike | None = None, run_dir: 
         if class_names is None:
             class_names, first_split, first_src = tuple(src.class_names), split, src
             if int(data.num_classes) != len(class_names):
-                problem(f"data.num_classes={data.num_classes} but {src!r} has {len(class_names)} classes "
-                        f"({', '.join(class_names[:5])}, ...); set data.num_classes={len(class_names)}")
+                problem(
+                    f"data.num_classes={data.num_classes} but {src!r} has {len(class_names)} classes "
+                    f"({', '.join(class_names[:5])}, ...); set data.num_classes={len(class_names)}"
+                )
         elif tuple(src.class_names) != class_names:
-            problem(f"split {split!r} has other class names than split {first_split!r}: "
-                    f"{list(src.class_names)[:5]}... vs {list(class_names)[:5]}...")
+            problem(
+                f"split {split!r} has other class names than split {first_split!r}: "
+                f"{list(src.class_names)[:5]}... vs {list(class_names)[:5]}..."
+            )
         if split in scored and str((spec or {}).get("_target_")) not in MASK_OPTIONAL:
             with_mask = [n for n in src.ids if src.has_mask(n)]
             if with_mask and len(with_mask) < len(src.ids):
@@ -440,17 +466,27 @@ def check_data(cfg: DictConfig, root: str | os.PathLike | None = None, run_dir: 
         directory, key = need
         found = resolve_dir(root, directory)
         if found is None:
-            tried = directory if Path(directory).is_absolute() else f"{directory} and {root / directory}"
-            problem(f"{key}={directory}: saliency folder not found (tried {tried}); the method needs "
-                    f"<id>.png saliency maps: make them with `python -m wsss.data.saliency --root "
-                    f"{root} --out DIR` and pass {key}=DIR")
+            tried = (
+                directory
+                if Path(directory).is_absolute()
+                else f"{directory} and {root / directory}"
+            )
+            problem(
+                f"{key}={directory}: saliency folder not found (tried {tried}); the method needs "
+                f"<id>.png saliency maps: make them with `python -m wsss.data.saliency --root "
+                f"{root} --out DIR` and pass {key}=DIR"
+            )
         else:
             _SETTINGS["saliency_dir"], _SETTINGS["saliency_key"] = str(found), key
 
     # per image, cached by file size + mtime
     names = list(ids)
     report.num_images = len(names)
-    report.cache_file = _cache_file(cfg, root, Path(run_dir) if run_dir else None, mask_dirs) if use_cache else None
+    report.cache_file = (
+        _cache_file(cfg, root, Path(run_dir) if run_dir else None, mask_dirs, class_names or ())
+        if use_cache
+        else None
+    )
     cache = _read_cache(report.cache_file)
     signatures = {name: _signature(name) for name in names}
     results: dict[str, list[str]] = {}
@@ -483,7 +519,9 @@ def check_data(cfg: DictConfig, root: str | os.PathLike | None = None, run_dir: 
 
 def format_problems(report: DataReport, limit: int = 30) -> str:
     lines = report.problems[:limit]
-    more = f"\n  ... and {len(report.problems) - limit} more" if len(report.problems) > limit else ""
+    more = (
+        f"\n  ... and {len(report.problems) - limit} more" if len(report.problems) > limit else ""
+    )
     return "\n  ".join(lines) + more
 
 
@@ -522,9 +560,14 @@ def preflight_data(cfg: DictConfig, run_dir: str | os.PathLike) -> DataReport | 
                     "problems in %s):\n  %s", len(report.bad_ids), skipped, problems,
                     format_problems(report, 10))  # fmt: skip
         return report
-    hint = (" Fix them, or pass data.check.on_error=skip to leave the bad images out."
-            if not report.global_problems else "")
-    raise DataCheckError(f"{report.summary()}; nothing was trained:\n  {format_problems(report)}\n{hint}")
+    hint = (
+        " Fix them, or pass data.check.on_error=skip to leave the bad images out."
+        if not report.global_problems
+        else ""
+    )
+    raise DataCheckError(
+        f"{report.summary()}; nothing was trained:\n  {format_problems(report)}\n{hint}"
+    )
 
 
 # --------------------------------------------------------------------------- the command

@@ -36,8 +36,10 @@ class RunDirLocked(RuntimeError):
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text())
-        return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('start')} "
-                f"({info.get('command')})")
+        return (
+            f"pid {info.get('pid')} on {info.get('host')} since {info.get('start')} "
+            f"({info.get('command')})"
+        )
     except (OSError, ValueError):
         return "another process (its lock file is unreadable)"
 
@@ -45,7 +47,9 @@ def _holder(path: Path) -> str:
 def _secondary_rank() -> bool:
     """A DDP process other than rank 0 (Lightning re-runs train.py for ranks 1.. with LOCAL_RANK
     set; torchrun sets RANK): it shares the directory with rank 0, which holds the lock."""
-    return any(os.environ.get(var, "0") not in ("", "0") for var in ("LOCAL_RANK", "RANK", "NODE_RANK"))
+    return any(
+        os.environ.get(var, "0") not in ("", "0") for var in ("LOCAL_RANK", "RANK", "NODE_RANK")
+    )
 
 
 def acquire_run_lock(run_dir: str | os.PathLike) -> Path:

@@ -38,7 +38,10 @@ UNIT = {"threshold", "thresholds", "fg_threshold", "bg_threshold", "bg_threshold
         "bg_fraction", "holdout_fraction", "val_fraction", "hflip_prob", "dropout", "confidence",
         "gt_prob", "positive_threshold", "seed_floor", "min_fragment_ratio", "tau", "lam",
         "drop_threshold", "drop_p", "ecr_topk", "momentum", "min_prob"}  # fmt: skip
-UNIT_OR_NAME = {"bg_threshold", "seed_floor"}  # may also name a mode / stage ("holdout", "eval_cam")
+UNIT_OR_NAME = {
+    "bg_threshold",
+    "seed_floor",
+}  # may also name a mode / stage ("holdout", "eval_cam")
 POSITIVE_NUMBER = {"lr", "scales", "new_lr_mult", "view_scale", "radius", "scale_factor"}
 NON_NEGATIVE_NUMBER = {"weight_decay", "poly_power", "beta"}
 NOT_NULL = {"max_epochs", "batch_size"}
@@ -74,7 +77,10 @@ def _rule(key: str) -> tuple[str, Callable[[Any], bool]] | None:
     if key in NON_NEGATIVE_INT:
         return "an integer >= 0", lambda v: _is_int(v) and v >= 0
     if key in UNIT_OR_NAME:
-        return "a number in [0, 1] or a mode name", lambda v: isinstance(v, str) or (_is_number(v) and 0 <= v <= 1)
+        return (
+            "a number in [0, 1] or a mode name",
+            lambda v: isinstance(v, str) or (_is_number(v) and 0 <= v <= 1),
+        )
     if key in UNIT:
         return "a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1
     if key in POSITIVE_NUMBER:
@@ -93,7 +99,9 @@ def _walk(node: Any, prefix: str, problems: list[str]) -> Iterator[tuple[str, st
         full = f"{prefix}.{key}" if prefix else key
         if key.startswith("_") and key.endswith("_"):
             continue  # _target_, _partial_
-        if OmegaConf.is_interpolation(node, key) and _REFERENCE.match(str(node._get_node(key)._value())):
+        if OmegaConf.is_interpolation(node, key) and _REFERENCE.match(
+            str(node._get_node(key)._value())
+        ):
             continue  # ${other.key}: checked where it is set
         if OmegaConf.is_missing(node, key):
             problems.append(f"{full} is required (it is ??? in the config): pass {full}=...")
@@ -127,13 +135,18 @@ def _check_value(full: str, key: str, value: Any, problems: list[str]) -> None:
     bad = [v for v in items if not ok(v)]
     if not bad and items:
         return
-    hint = " (0 epochs would run every later stage on an untrained network)" if (
-        key.endswith("epochs") and _is_int(value) and value == 0) else ""
+    hint = (
+        " (0 epochs would run every later stage on an untrained network)"
+        if (key.endswith("epochs") and _is_int(value) and value == 0)
+        else ""
+    )
     if not items:
         problems.append(f"{full}=[]: expected a non-empty list, each element {expected}")
     elif is_list:
-        problems.append(f"{full}={value}: expected each element to be {expected}, "
-                        f"got {bad[0]!r} ({type(bad[0]).__name__})")
+        problems.append(
+            f"{full}={value}: expected each element to be {expected}, "
+            f"got {bad[0]!r} ({type(bad[0]).__name__})"
+        )
     else:
         problems.append(f"{full}={value!r}: expected {expected}, got {type(value).__name__}{hint}")
 
@@ -150,9 +163,17 @@ def _check_scale_ranges(cfg: DictConfig, problems: list[str]) -> None:
             value = None
         if value is None:
             continue
-        items = _items(OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value)
-        if len(items) != 2 or not all(_is_number(v) and v > 0 for v in items) or items[0] > items[1]:
-            problems.append(f"{prefix}.scale_range={items}: expected [low, high] with 0 < low <= high")
+        items = _items(
+            OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
+        )
+        if (
+            len(items) != 2
+            or not all(_is_number(v) and v > 0 for v in items)
+            or items[0] > items[1]
+        ):
+            problems.append(
+                f"{prefix}.scale_range={items}: expected [low, high] with 0 < low <= high"
+            )
 
 
 def _reader_layout(cfg: DictConfig) -> str:
@@ -176,10 +197,14 @@ def _check_paths(cfg: DictConfig, problems: list[str]) -> None:
     if from_run:
         path = Path(str(from_run)).expanduser()
         if not path.is_dir():
-            problems.append(f"pipeline.from_run={from_run}: no such run directory (a typo would "
-                            "silently retrain every stage)")
+            problems.append(
+                f"pipeline.from_run={from_run}: no such run directory (a typo would "
+                "silently retrain every stage)"
+            )
         elif not (path / "stages").is_dir() and not (path / "reused.json").is_file():
-            problems.append(f"pipeline.from_run={from_run}: not a run directory (no stages/ in it)")
+            problems.append(
+                f"pipeline.from_run={from_run}: not a run directory (no stages/ in it)"
+            )
     for stage, directory in (pipe.get("inputs") or {}).items():
         if directory and not Path(str(directory)).expanduser().is_dir():
             problems.append(f"pipeline.inputs.{stage}={directory}: directory not found")
@@ -190,20 +215,25 @@ def _check_paths(cfg: DictConfig, problems: list[str]) -> None:
             problems.append(f"data.module.{key}={value}: directory not found")
     check = data.get("check") or {}
     if check.get("on_error", "stop") not in ON_ERROR:
-        problems.append(f"data.check.on_error={check.get('on_error')!r}: expected one of {ON_ERROR}")
+        problems.append(
+            f"data.check.on_error={check.get('on_error')!r}: expected one of {ON_ERROR}"
+        )
     method = cfg.get("method") or {}
     if "saliency_dir" in method and not OmegaConf.is_interpolation(method, "saliency_dir"):
-        problems.append(f"method.saliency_dir={method.get('saliency_dir')}: set "
-                        "data.module.saliency_dir instead (the one key for saliency maps; the "
-                        "method reads it)")
+        problems.append(
+            f"method.saliency_dir={method.get('saliency_dir')}: set "
+            "data.module.saliency_dir instead (the one key for saliency maps; the "
+            "method reads it)"
+        )
 
 
 def _check_weights(full: str, key: str, value: Any, problems: list[str]) -> None:
     if key != "weights" or value is None or not isinstance(value, str) or value == "imagenet":
         return
     if not Path(value).expanduser().is_file():
-        problems.append(f"{full}={value}: weights file not found (null, imagenet or a path to a "
-                        "state dict)")
+        problems.append(
+            f"{full}={value}: weights file not found (null, imagenet or a path to a state dict)"
+        )
 
 
 def config_problems(cfg: DictConfig) -> list[str]:
