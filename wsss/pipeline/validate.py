@@ -36,7 +36,7 @@ NON_NEGATIVE_INT = {"num_workers", "num_examples", "crf_workers", "extra_convs",
                     "n_iter", "num_train", "num_val"}  # fmt: skip
 UNIT = {"threshold", "thresholds", "fg_threshold", "bg_threshold", "bg_thresholds", "fg_fraction",
         "bg_fraction", "holdout_fraction", "val_fraction", "hflip_prob", "dropout", "confidence",
-        "gt_prob", "positive_threshold", "seed_floor", "min_fragment_ratio", "tau", "lam",
+        "gt_prob", "positive_threshold", "seed_floor", "min_fragment_ratio",
         "drop_threshold", "drop_p", "ecr_topk", "momentum", "min_prob"}  # fmt: skip
 UNIT_OR_NAME = {
     "bg_threshold",
