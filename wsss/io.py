@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,10 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
         np.savez_compressed(tmp, **arrays)
 
 
+class CorruptArtifactError(ValueError):
+    """A file exists but cannot be read as the artifact it should be (truncated, overwritten)."""
+
+
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read every array of an .npz written by :func:`save_npz`, refusing pickled objects."""
     path = Path(path)
@@ -50,9 +55,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as err:
-        raise ValueError(f"corrupt or unreadable .npz artifact {path} ({type(err).__name__}: {err}); "
-                         "delete it (or its stage directory) and rerun the stage that wrote it") from err
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
+        raise CorruptArtifactError(f"cannot read {path} as .npz arrays: {type(err).__name__}: {err}") from err
 
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:
@@ -76,8 +80,8 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
             if image.mode not in ("P", "L"):
                 raise ValueError(f"{path}: expected a palette (P) or grayscale (L) PNG, got mode {image.mode}")
             return np.array(image, dtype=np.uint8)
-    except (OSError, SyntaxError) as err:  # truncated / not a PNG (UnidentifiedImageError is an OSError)
-        raise ValueError(f"cannot decode label PNG {path}: {err}") from err
+    except (OSError, SyntaxError) as err:  # PIL: unidentified / truncated image
+        raise CorruptArtifactError(f"cannot read {path} as a label PNG: {type(err).__name__}: {err}") from err
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
