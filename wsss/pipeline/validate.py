@@ -45,6 +45,7 @@ UNIT_OR_NAME = {
 POSITIVE_NUMBER = {"lr", "scales", "new_lr_mult", "view_scale", "radius", "scale_factor"}
 NON_NEGATIVE_NUMBER = {"weight_decay", "poly_power", "beta"}
 NOT_NULL = {"max_epochs", "batch_size"}
+NAME_MAPS = {"reads", "inputs", "splits"}  # name -> name / path mappings, not settings
 ON_ERROR = ("stop", "skip")
 
 
@@ -97,8 +98,8 @@ def _walk(node: Any, prefix: str, problems: list[str]) -> Iterator[tuple[str, st
     for key in list(node):
         key = str(key)
         full = f"{prefix}.{key}" if prefix else key
-        if key.startswith("_") and key.endswith("_"):
-            continue  # _target_, _partial_
+        if (key.startswith("_") and key.endswith("_")) or key in NAME_MAPS:
+            continue  # _target_, _partial_; reads: {role: stage name}
         if OmegaConf.is_interpolation(node, key) and _REFERENCE.match(
             str(node._get_node(key)._value())
         ):
