@@ -7,7 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from wsss.models.backbones import build_backbone, create_backbone, deepest_levels, levels_with_stride
+from wsss.models.backbones import (
+    build_backbone,
+    create_backbone,
+    deepest_levels,
+    levels_with_stride,
+)
 from wsss.models.norm import FrozenBatchNorm2d
 
 
@@ -103,8 +108,9 @@ def test_frozen_batchnorm_keeps_batchnorm_state_dict_keys() -> None:
 
 
 def test_create_backbone_from_config_partial_and_mapping() -> None:
-    from tests.conftest import compose_cfg
     from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["backbone=vgg16"])
     partial = instantiate(cfg.backbone)

@@ -1,4 +1,4 @@
-"""AffinityNet (PSA, Ahn & Kwak 2018; METHODS.md 2.4): a feature embedding whose L1 distances
+"""AffinityNet (PSA, Ahn & Kwak 2018; docs/methods.md, "PSA / AffinityNet"): a feature embedding whose L1 distances
 predict whether two nearby pixels share a label.
 
 Multi-level backbone features each go through a 1x1 conv + ELU branch, are resized to the finest

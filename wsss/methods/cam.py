@@ -53,7 +53,7 @@ class ClassifierModule(WSSSModule):
 
 
 class CAMModule(ClassifierModule):
-    """The CAM baseline: logits = W · GAP(f), CAM_c = w_c · f(u) (METHODS 7.1)."""
+    """The CAM baseline: logits = W · GAP(f), CAM_c = w_c · f(u) (docs/methods.md, "CAM baseline")."""
 
     def __init__(self, backbone: dict, num_classes: int, optimizer: Callable, new_lr_mult: float,
                  poly_power: float) -> None:

@@ -1,4 +1,4 @@
-"""SEAM (Wang et al., CVPR 2020): self-supervised equivariant attention (METHODS.md section 4).
+"""SEAM (Wang et al., CVPR 2020): self-supervised equivariant attention (docs/methods.md, "SEAM").
 
 Wires the pure ops of :mod:`wsss.functional.seam` into a classifier: a ``C + 1`` channel CAM head
 (background slot FIRST, as in ``SEAM:network/resnet38_SEAM.py``) and a pixel correlation module

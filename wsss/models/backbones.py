@@ -335,5 +335,5 @@ def _load_state_file(path: str) -> dict[str, Tensor]:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path_}: expected a state dict (name -> tensor), got {type(state).__name__}")
+        raise TypeError(f"{path_}: expected a state dict (name -> tensor), got {type(state).__name__}")
     return state

@@ -42,7 +42,7 @@ class FrozenBatchNorm2d(nn.Module):
         """Stay in eval mode whatever ``mode`` says (the statistics are frozen)."""
         return super().train(False)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         key = prefix + "num_batches_tracked"
         if key not in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.long)

@@ -1,4 +1,4 @@
-"""Wider ResNet-38 (model A1 of Wu et al.), the PSA/SEAM/EPS backbone (docs/methods.md, "Backbones").
+"""Wider ResNet-38 (model A1 of Wu et al.), the PSA/SEAM/EPS backbone (docs/methods.md, "Conventions").
 
 Architecture facts follow ``psa:network/resnet38d.py``: pre-activation residual blocks, three
 stride-2 stages (b2, b3, b4: output stride 8), then b5 with dilation 2 and the bottleneck blocks
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from wsss.models.norm import FrozenBatchNorm2d
 
-__all__ = ["ResNet38", "STAGES"]
+__all__ = ["STAGES", "ResNet38"]
 
 # Top-level modules per stage, for ``frozen_stages`` (PSA/SEAM/EPS heads freeze stages 1-2).
 STAGES = (("conv1a",), ("b2", "b2_1", "b2_2"), ("b3", "b3_1", "b3_2"),

@@ -131,13 +131,13 @@ def _weights(cfg: DictConfig) -> list[str]:
         return []
     if weights == "imagenet":
         if name == "resnet38":
-            return ["backbone.weights=imagenet: ResNet-38's ImageNet weights are the MXNet release; convert "
-                    "them with `python -m wsss.models.convert_mxnet FILE.params resnet38.pth` and pass "
-                    "backbone.weights=resnet38.pth (or backbone.weights=null for a random init)"]
+            return [("backbone.weights=imagenet: ResNet-38's ImageNet weights are the MXNet release; convert "
+                     "them with `python -m wsss.models.convert_mxnet FILE.params resnet38.pth` and pass "
+                     "backbone.weights=resnet38.pth (or backbone.weights=null for a random init)")]
         return []
     if not Path(str(weights)).expanduser().is_file():
-        return [f"backbone.weights={weights}: no such file; pass the path of a state dict, "
-                f"backbone.weights=imagenet (torchvision) or backbone.weights=null (random init, recipe=small)"]
+        return [(f"backbone.weights={weights}: no such file; pass the path of a state dict, "
+                 f"backbone.weights=imagenet (torchvision) or backbone.weights=null (random init)")]
     return []
 
 
@@ -163,8 +163,8 @@ def _data(cfg: DictConfig) -> list[str]:
         return problems  # the synthetic tree is generated (with its saliency maps) at run time
     root = Path(str(root)).expanduser()
     if not root.is_dir():
-        return problems + [f"data.root={root} does not exist: pass the dataset directory "
-                           f"(VOC: the VOC2012 folder holding JPEGImages/)"]  # fmt: skip
+        return [*problems, (f"data.root={root} does not exist: pass the dataset directory "
+                            f"(VOC: the VOC2012 folder holding JPEGImages/)")]  # fmt: skip
     for key, folder in _saliency_dirs(cfg):
         path = Path(str(folder)).expanduser()
         path = path if path.is_absolute() else root / path
