@@ -19,6 +19,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from wsss.pipeline.preflight import preflight
     from wsss.pipeline.validate import before_any_stage
 
     # The `lightning` package logger has its own console handler and also propagates to Hydra's
@@ -26,8 +27,9 @@ def main(cfg: DictConfig) -> float | None:
     if logging.getLogger().handlers:
         logging.getLogger("lightning").handlers.clear()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    preflight(cfg)  # the whole composition, before any stage runs
     before_any_stage(cfg, run_dir)  # run-dir lock, config values, data check (wsss.pipeline.validate)
-    from wsss.pipeline.runner import run_pipeline  # torch / Lightning: after the checks, which are quick
+    from wsss.pipeline.runner import run_pipeline
     results = run_pipeline(cfg, run_dir)
     # The value a Hydra sweeper optimises: the last stage's mIoU, when it has one.
     last = results[list(results)[-1]] if results else {}

@@ -177,7 +177,7 @@ def _check_scale_ranges(cfg: DictConfig, problems: list[str]) -> None:
             )
 
 
-def _reader_layout(cfg: DictConfig) -> str:
+def reader_layout(cfg: DictConfig) -> str:
     """The LAYOUT sentence of the configured reader's module (what a data root must hold)."""
     target = str((cfg.data.get("source") or {}).get("_target_", "wsss.data.voc.VOCSource"))
     try:
@@ -192,7 +192,7 @@ def _check_paths(cfg: DictConfig, problems: list[str]) -> None:
     if root is not None:
         path = Path(str(root)).expanduser()
         if not path.is_dir():
-            problems.append(f"data.root={root}: directory not found; {_reader_layout(cfg)}")
+            problems.append(f"data.root={root}: directory not found; {reader_layout(cfg)}")
     pipe = cfg.get("pipeline") or {}
     from_run = pipe.get("from_run")
     if from_run:
