@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from wsss.data.labels import IGNORE, channels_to_label
 from wsss.functional.affinity import psa_affinity_label
@@ -29,6 +28,7 @@ from wsss.functional.cam import background_power
 from wsss.functional.crf import dense_crf
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
+from wsss.parallel import map_per_image
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source
 
@@ -52,9 +52,7 @@ def _as_is(item: dict) -> dict:
 
 
 def run_per_image(ids: list[str], work: Callable[[str], dict], num_workers: int, desc: str) -> Iterable[dict]:
-    loader = DataLoader(PerImage(ids, work), batch_size=None, num_workers=num_workers,
-                        collate_fn=_as_is)
-    yield from tqdm(loader, total=len(ids), desc=desc)
+    yield from map_per_image(work, ids, num_workers, desc)
 
 
 class LabelScore:
