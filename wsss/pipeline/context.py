@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from wsss import perf
 from wsss.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class StageContext:
         kwargs.update(overrides)
         kwargs.setdefault("enable_checkpointing", False)
         kwargs.setdefault("logger", self.loggers or False)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *perf.callbacks()]
         return L.Trainer(default_root_dir=str(self.out_dir), **kwargs)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -124,7 +126,7 @@ def load_model(module: torch.nn.Module, path: Path) -> torch.nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"model weights not found: {path} (written by a fit stage)")
     module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return module.eval()
+    return perf.prepare_for_inference(module.eval())
 
 
 def init_backbone(module: torch.nn.Module, state_file: Path) -> None:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from wsss import perf
 from wsss.io import write_json
 from wsss.pipeline.context import (
     METRICS_FILE,
@@ -59,6 +60,7 @@ def _close(loggers: list[Logger]) -> None:
 def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
     """Run the pipeline; returns {stage: metrics}. Finished stages are reused with ``skip_done``."""
     L.seed_everything(cfg.seed, workers=True)
+    perf.configure(cfg.get("perf"))
     check_num_classes(cfg)
     pipe = cfg.pipeline
     unknown = [s for s in (pipe.only or []) if s not in pipe.order]
