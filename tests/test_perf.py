@@ -121,7 +121,7 @@ def test_callback_converts_module_and_batches_per_phase(fit_cl: bool) -> None:
     settings = perf.configure({"channels_last": {"fit": fit_cl, "predict": True}})
     module = _Recorder()
     kwargs = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False,
-                  "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
+              "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
     L.Trainer(max_epochs=1, callbacks=[perf.PerfCallback(settings)], **kwargs).fit(module, _loader())
     L.Trainer(callbacks=perf.callbacks(), **kwargs).predict(module, _loader())
     assert module.seen == [("fit", fit_cl, fit_cl), ("predict", True, True)]
