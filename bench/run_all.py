@@ -247,11 +247,13 @@ def bench_crf(args) -> list[dict]:
     image, probs = items[0]
     times = interleaved({"ref": lambda: crf_reference(image, probs),
                          "new": lambda: dense_crf(image, probs, **CRF)}, rounds=3)  # fmt: skip
-    check = rel_diff(torch.from_numpy(dense_crf(image, probs, **CRF)),
-                     torch.from_numpy(crf_reference(image, probs)))  # fmt: skip
+    # wsss floors probabilities at 1e-8 where pydensecrf's unary_from_softmax clips at 1e-5, so
+    # marginals differ slightly; the labels are what the stages use.
+    agree = float((dense_crf(image, probs, **CRF).argmax(0) ==
+                   crf_reference(image, probs).argmax(0)).mean())  # fmt: skip
     size = "188×250" if args.quick else "375×500"
     rows = [row(f"dense CRF, {size}, 21 labels (s/image)", times["ref"], times["new"],
-                f"rel. diff {check:.1e}", "", ref_name="pydensecrf as PSA crf_inference")]  # fmt: skip
+                f"same label: {agree:.2%} of pixels", "", ref_name="pydensecrf as PSA crf_inference")]  # fmt: skip
     count = 4 if args.quick else 8
     job = _CRFJob(crf_inputs(args.quick, count))
     workers = min(2, available_cores())
@@ -312,7 +314,7 @@ def bench_cam(args) -> list[dict]:
     variants = {"ref": lambda: cam_reference(plain, image, scales),
                 "batched": lambda: multiscale_cam(plain.cam, image, scales),
                 "nhwc": lambda: multiscale_cam(nhwc.cam, image_cl, scales)}  # fmt: skip
-    times = interleaved(variants, rounds=1 if not args.quick else 2)
+    times = interleaved(variants, rounds=2, once=("ref",))  # plain's warm-up warms ref too
     ref = cam_reference(plain, image, scales)
     d1 = rel_diff(multiscale_cam(plain.cam, image, scales), ref)
     d2 = rel_diff(multiscale_cam(nhwc.cam, image_cl, scales), ref)
