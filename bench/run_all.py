@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -40,6 +41,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+warnings.filterwarnings("ignore", module="lightning")
+logging.getLogger("lightning").setLevel(logging.ERROR)
 
 
 # --------------------------------------------------------------------------------------------
