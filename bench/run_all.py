@@ -371,6 +371,7 @@ def lightning_fit(model, batches) -> None:
 
     from wsss import perf
 
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, callbacks=perf.callbacks())  # fmt: skip
