@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from wsss import perf
 from wsss.io import load_weights, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class StageContext:
             plugins = slurm_plugins()
             if plugins:
                 kwargs["plugins"] = [*(kwargs.get("plugins") or []), *plugins]
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *perf.callbacks()]
         return L.Trainer(default_root_dir=str(self.out_dir), **kwargs)
 
     def fit(self, model: L.LightningModule, checkpoint_dir: Path | None = None,
@@ -205,7 +207,7 @@ def load_model(module: torch.nn.Module, path: Path) -> torch.nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"model weights not found: {path} (written by a fit stage)")
     module.load_state_dict(load_weights(path, "model weights"))
-    return module.eval()
+    return perf.prepare_for_inference(module.eval())
 
 
 def init_backbone(module: torch.nn.Module, state_file: Path) -> None:
