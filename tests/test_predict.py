@@ -30,7 +30,7 @@ def test_segmenter_writes_masks_overlays_and_scores(tiny_run: Path, images: Path
         rgb = np.array(Image.open(path).convert("RGB"))
         mask = load_label_png(tmp_path / "masks" / f"{path.stem}.png")
         assert Image.open(tmp_path / "masks" / f"{path.stem}.png").mode == "P"  # VOC palette
-        expected, keys, maps = predict_image(loaded, rgb, [1.0], False, 0.25, 0.5)
+        expected, keys, _maps = predict_image(loaded, rgb, [1.0], False, 0.25, 0.5)
         assert np.array_equal(mask, expected) and mask.shape == rgb.shape[:2]
         assert Image.open(tmp_path / "overlays" / f"{path.stem}.jpg").size == (rgb.shape[1], rgb.shape[0])
         cams = load_npz(tmp_path / "cams" / f"{path.stem}.npz")

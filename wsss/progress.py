@@ -40,7 +40,7 @@ def interval_s() -> float:
     return float(os.environ.get("WSSS_PROGRESS_INTERVAL", "30"))
 
 
-class tqdm(_tqdm):  # noqa: N801 (drop-in for tqdm.tqdm)
+class tqdm(_tqdm):  # a drop-in for tqdm.tqdm, hence the name
     """``tqdm.tqdm`` that writes periodic whole lines instead of frames when not on a TTY."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
