@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from wsss.io import read_json, write_json
+from wsss.progress import trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class StageContext:
         kwargs.update(overrides)
         kwargs.setdefault("enable_checkpointing", False)
         kwargs.setdefault("logger", self.loggers or False)
+        kwargs = trainer_kwargs(kwargs)  # no progress-bar frames when stdout is not a TTY
         return L.Trainer(default_root_dir=str(self.out_dir), **kwargs)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:

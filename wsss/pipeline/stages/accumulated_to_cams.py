@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from wsss.data.datasets import collate_single
 from wsss.functional.cam import normalize_cam
@@ -28,6 +27,7 @@ from wsss.methods.oaa import ACCUMULATED_DIR
 from wsss.pipeline.cam_inference import CAMInference, CAMWriter
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model
 from wsss.pipeline.image_sets import stage_images
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def accumulated_to_cam(keys: np.ndarray, maps: np.ndarray, labels: np.ndarray,

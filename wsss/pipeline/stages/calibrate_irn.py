@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wsss.io import load_npz, save_npz
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import stage_images
 from wsss.pipeline.stages.random_walk import load_stage_model
 from wsss.pipeline.stages.train_refiner import torch_threads
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 SHIFT_FILE = "mean_shift.npz"
 

@@ -15,7 +15,6 @@ import logging
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wsss.functional.cam import cams_to_label
 from wsss.io import load_npz
@@ -34,6 +33,7 @@ from wsss.pipeline.image_sets import (
 )
 from wsss.pipeline.protocol import MissingGroundTruthError, check_threshold_mode
 from wsss.pipeline.visualize import cam_panel, publish
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from wsss.functional.crf import dense_crf
 from wsss.functional.segmentation import multiscale_probs
@@ -22,6 +21,7 @@ from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model
 from wsss.pipeline.image_sets import eval_ids, load_rgb, no_gt_note, source, stage_images
 from wsss.pipeline.visualize import cam_panel, publish
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def run(ctx: StageContext) -> dict:

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from wsss.data.labels import IGNORE, channels_to_label
 from wsss.functional.affinity import psa_affinity_label
@@ -31,6 +30,7 @@ from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 class PerImage(Dataset):

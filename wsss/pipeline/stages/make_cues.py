@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from wsss.data.sources import Source
 from wsss.functional.sec import (
@@ -35,6 +34,7 @@ from wsss.functional.sec import (
 from wsss.io import load_npz, save_label_png
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, read_metrics
 from wsss.pipeline.image_sets import cam_file, eval_ids, no_gt_note, source
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 SALIENCY_MODES = ("gradient", "png")
 CUE_DIR = "cues"

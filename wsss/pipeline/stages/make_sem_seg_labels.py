@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from wsss.functional.cam import cams_to_label
 from wsss.functional.random_walk import irn_scores_to_label, irn_semantic_scores, upsample_scores
@@ -37,6 +36,7 @@ from wsss.pipeline.protocol import MissingGroundTruthError
 from wsss.pipeline.stages.calibrate_irn import load_calibrated_irn
 from wsss.pipeline.stages.make_affinity_labels import LabelScore, cam_baseline, cam_dir_of
 from wsss.pipeline.stages.train_refiner import torch_threads
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 STRIDE = 4  # IRNet's output stride
 

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from tqdm import tqdm
 
 from wsss.functional.cam import background_power
 from wsss.functional.random_walk import random_walk_from_features, upsample_scores
@@ -22,6 +21,7 @@ from wsss.pipeline.context import MODEL_FILE, StageContext, load_model
 from wsss.pipeline.image_sets import cam_file, stage_images
 from wsss.pipeline.stages.make_affinity_labels import LabelScore, cam_baseline, cam_dir_of
 from wsss.pipeline.stages.train_refiner import torch_threads
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def inference_device(ctx: StageContext) -> torch.device:
