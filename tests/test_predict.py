@@ -56,11 +56,23 @@ def test_classifier_masks_follow_cams_and_run_threshold(tiny_run: Path, images: 
     assert np.array_equal(mask[fg], cams["keys"][cams["cams"].argmax(0)][fg] + 1)
 
 
+def test_manifest_alone_rebuilds_the_model(tiny_run: Path, tmp_path: Path) -> None:
+    """A stage directory copied out of its run (no .hydra/) still predicts: its manifest.json."""
+    copy = tmp_path / "stages" / "train_seg"
+    shutil.copytree(tiny_run / "stages/train_seg", copy)
+    loaded = load_run_model(copy)
+    reference = load_run_model(tiny_run / "stages/train_seg")
+    image = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(image), reference.module(image))
+    assert loaded.mean == reference.mean and loaded.kind == "segmenter"
+
+
 def test_missing_config_names_the_file(tiny_run: Path, tmp_path: Path) -> None:
     stage = tmp_path / "elsewhere" / "stages" / "train_seg"
     stage.mkdir(parents=True)
     torch.save({}, stage / "model.pt")
-    with pytest.raises(FileNotFoundError, match=r"\.hydra/config\.yaml.*--config"):
+    with pytest.raises(FileNotFoundError, match=r"\.hydra/config\.yaml nor .*manifest\.json.*--config"):
         load_run_model(stage / "model.pt")
     with pytest.raises(FileNotFoundError, match="no such model file"):
         load_run_model(tmp_path / "nothing.pt")

@@ -4,7 +4,7 @@
     wsss-predict logs/runs/<time>/stages/train_cls photos/ --out cams/ --cams
 
 The model is rebuilt from the run's composed config (``<run>/.hydra/config.yaml``, written by
-``python train.py``; or ``--config``): a stage with a ``module`` node (``train_seg``, ...) builds
+``python train.py``; else the stage's ``manifest.json``; or ``--config``): a stage with a ``module`` node (``train_seg``, ...) builds
 that module, a classifier stage (``train_cls``) builds ``method``. Writes, per image ``<id>``:
 
 - ``masks/<id>.png``: label map (0 background, c+1 class c), VOC palette;
@@ -52,14 +52,23 @@ class LoadedModel:
     std: tuple[float, ...]
 
 
-def find_config(stage_dir: Path) -> Path:
-    """``<run>/.hydra/config.yaml`` of a stage dir ``<run>/stages/<stage>``."""
+def stage_config(stage_dir: Path, config: str | Path | None = None) -> DictConfig:
+    """The config that built the stage's model: ``config`` if given, else the run's composed
+    ``<run>/.hydra/config.yaml``, else the stage's ``manifest.json`` (its resolved stage config
+    and the global method / backbone it was made with)."""
+    if config is not None:
+        return OmegaConf.load(config)
     path = stage_dir.parent.parent / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: predict rebuilds the model from the run's composed config, which "
-            "`python train.py` writes there; pass --config CONFIG.yaml for a run without it")
-    return path
+    if path.is_file():
+        return OmegaConf.load(path)
+    manifest = stage_dir / "manifest.json"
+    if manifest.is_file():
+        recorded = read_json(manifest).get("config") or {}
+        glob = dict(recorded.get("global") or {})
+        return OmegaConf.create({**glob, "stages": {stage_dir.name: recorded.get("stage") or {}}})
+    raise FileNotFoundError(
+        f"neither {path} nor {manifest} found: predict rebuilds the model from the run's composed "
+        "config (written by `python train.py`) or the stage's manifest; pass --config CONFIG.yaml")
 
 
 def load_run_model(model: str | Path, config: str | Path | None = None) -> LoadedModel:
@@ -73,7 +82,7 @@ def load_run_model(model: str | Path, config: str | Path | None = None) -> Loade
     stage_dir = weights.parent
     stage = stage_dir.name
     register_resolvers()
-    cfg = OmegaConf.load(config or find_config(stage_dir))
+    cfg = stage_config(stage_dir, config)
     if OmegaConf.select(cfg, "backbone.weights") is not None:
         cfg.backbone.weights = None  # model.pt holds every weight: no ImageNet download
     node = OmegaConf.select(cfg, f"stages.{stage}.module")

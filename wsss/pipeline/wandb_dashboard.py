@@ -7,8 +7,8 @@ One W&B run per stage (``conf/logger/wandb.yaml``). This module decides
   ``tags`` = method / backbone / data / pipeline, ``config`` = the whole resolved config with
   flattened keys (``stages.eval_cam.thresholds``, ``backbone.name``, ...) so runs filter and group
   by any hyper-parameter;
-- what is logged when a stage finishes (:func:`log_stage`): its headline metrics in the run
-  summary, every ``per_class_*`` dict of its metrics as a ``wandb.Table`` (+ bar chart), label
+- what is logged when a stage finishes (:func:`log_stage`): its headline metrics and the
+  ``config_hash`` of its manifest in the run summary, every ``per_class_*`` dict of its metrics as a ``wandb.Table`` (+ bar chart), label
   maps it wrote (pseudo-labels, predictions) and CAMs as ``wandb.Image`` with class-labelled
   segmentation masks (toggled in the W&B UI), and, when switched on, artifacts: ``model.pt`` of
   fit stages and the directories of label PNGs.
@@ -150,6 +150,10 @@ def log_stage(ctx: Any, metrics: Mapping[str, Any]) -> None:
     opts = options(ctx.cfg)
     out_dir = Path(ctx.out_dir)
     run.summary["stage"] = ctx.name
+    # The hash its manifest.json records: runs with equal hashes were made with equal settings.
+    from wsss.pipeline.manifest import fingerprint
+
+    run.summary["config_hash"] = fingerprint(ctx.cfg, ctx.name)["config_hash"]
     for key in HEADLINE:
         value = metrics.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
