@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from wsss.data.sources import Source, open_source
 from wsss.io import save_label_png
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 METHODS = ("spectral_residual", "fine_grained")
 # Where EPS looks when data.module.saliency_dir is null: its release's <VOC2012>/SALImages/<id>.png

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from wsss import perf
+from wsss import perf, progress
 from wsss.io import load_weights, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ class StageContext:
             if plugins:
                 kwargs["plugins"] = [*(kwargs.get("plugins") or []), *plugins]
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *perf.callbacks()]
+        kwargs = progress.trainer_kwargs(kwargs)  # no progress-bar frames when stdout is not a TTY
         return L.Trainer(default_root_dir=str(self.out_dir), **kwargs)
 
     def fit(self, model: L.LightningModule, checkpoint_dir: Path | None = None,

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from wsss.data.sources import Source
 from wsss.functional.sec import (
@@ -35,6 +34,7 @@ from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import cam_file, eval_ids, no_gt_note, source
 from wsss.pipeline.models import load_stage_model
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 SALIENCY_MODES = ("gradient", "png")
 CUE_DIR = "cues"

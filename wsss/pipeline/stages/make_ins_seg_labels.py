@@ -27,6 +27,7 @@ from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def gt_instances(src, image_id: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -98,6 +99,12 @@ def _run(ctx: StageContext) -> dict:
            "includes": "IRN instance pseudo labels (displacement clustering + boundary random walk, "
                        f"bg {bg:.2f}); APr50 (VOC) vs GT instances from {gt_from}"
                        + (" (connected components of the semantic GT)" if "semantic" in gt_kinds else "")}
+    if p.get("coco_json"):  # the instances as one COCO annotation file (RLE masks)
+        from wsss.data.coco_export import instance_dir_to_coco
+
+        counts = instance_dir_to_coco(ctx.out_dir / "instances", ctx.out_dir / "instances_coco.json",
+                                      gt_src.class_names, lambda i: dataset.source.image_path(i).name)
+        out.update(coco_json="instances_coco.json", coco_annotations=counts["annotations"])
     if not preds["masks"]:
         out["note"] = no_gt_note(ctx.cfg.protocol.eval_split, len(reported & set(dataset.source.ids)))
     return out
