@@ -33,16 +33,17 @@ _IMAGENET_WEIGHTS = {
 class ResNetBackbone(nn.Module):
     """torchvision ResNet trunk; output stride 32, 16 (layer4 dilated) or 8 (layer3+4 dilated)."""
 
-    def __init__(self, name: str, output_stride: int, frozen_stages: int = 0) -> None:
+    def __init__(self, name: str, output_stride: int, frozen_stages: int = 0, dilate: bool = True) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"backbone.output_stride must be 8, 16 or 32 for {name}, got {output_stride}")
         net = getattr(torchvision.models, name)(weights=None)
         # torchvision's BasicBlock refuses dilation, so dilate after construction (works for both).
+        # dilate=False only removes the stride (IRN's resnet50 strides=(2, 2, 2, 1), no dilation).
         if output_stride <= 16:
-            _dilate(net.layer4, 2 if output_stride == 16 else 4)
+            _dilate(net.layer4, (2 if output_stride == 16 else 4) if dilate else 1)
         if output_stride == 8:
-            _dilate(net.layer3, 2)
+            _dilate(net.layer3, 2 if dilate else 1)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         last = _RESNETS[name]
@@ -158,7 +159,7 @@ def _imagenet_state(name: str) -> dict[str, Tensor]:
 
 def build_backbone(
     name: str, output_stride: int, weights: str | None = None, frozen_stages: int = 0,
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, dilate: bool = True,
 ) -> nn.Module:
     """Build a backbone by name.
 
@@ -170,15 +171,20 @@ def build_backbone(
         frozen_stages: number of early stages whose parameters get no gradient.
         mean, std: input normalisation the weights expect; kept on the module as ``mean``/``std``
             so data configs can interpolate them (``${backbone.mean}``).
+        dilate: ResNets only: dilate the stages made stride 1 by ``output_stride`` (DeepLab, the
+            default: keeps each 3x3 kernel's ImageNet field of view). False only drops their
+            stride, as IRN's ResNet-50 (``strides=(2, 2, 2, 1)``); needed to reproduce IRN's
+            released CAM/IRNet weights (``+backbone.dilate=false``).
     """
-    model = _build(name, output_stride, weights, frozen_stages)
+    model = _build(name, output_stride, weights, frozen_stages, dilate)
     model.mean, model.std = tuple(mean), tuple(std)
     return model
 
 
-def _build(name: str, output_stride: int, weights: str | None, frozen_stages: int) -> nn.Module:
+def _build(name: str, output_stride: int, weights: str | None, frozen_stages: int,
+           dilate: bool = True) -> nn.Module:  # fmt: skip
     if name in _RESNETS:
-        model: nn.Module = ResNetBackbone(name, output_stride, frozen_stages)
+        model: nn.Module = ResNetBackbone(name, output_stride, frozen_stages, dilate)
     elif name == "vgg16":
         model = VGG16Backbone(output_stride, frozen_stages)
     elif name == "resnet38":

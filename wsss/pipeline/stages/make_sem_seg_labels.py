@@ -42,16 +42,29 @@ STRIDE = 4  # IRNet's output stride
 
 
 @torch.no_grad()
-def irn_outputs(model: torch.nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def irn_outputs(model: torch.nn.Module, image: torch.Tensor,
+                pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """IRN ``EdgeDisplacement``: boundary probabilities ``(h, w)`` from the flip-averaged logits
     and the displacement ``(2, h, w)`` of the unflipped image (mean shift applied in eval mode).
+
+    ``pad_to`` (IRN: 512) zero-pads the normalised image bottom/right to a square of that side
+    and crops the outputs back to ``ceil(H / 4) x ceil(W / 4)``, as IRN does; GroupNorm
+    statistics then include the padding, so this is needed to reproduce IRN's outputs exactly.
 
     Shape:
         - image: ``(3, H, W)`` normalised
     """
     device = model.mean_shift.device
     batch = torch.stack([image, image.flip(-1)]).to(device)
+    if pad_to:
+        height, width = image.shape[-2:]
+        if max(height, width) > pad_to:
+            raise ValueError(f"pad_to={pad_to} is smaller than the image ({height}x{width})")
+        batch = F.pad(batch, [0, pad_to - width, 0, pad_to - height])
     logits, displacement = model(batch)
+    if pad_to:
+        grid = (-(-height // STRIDE), -(-width // STRIDE))
+        logits, displacement = logits[..., : grid[0], : grid[1]], displacement[..., : grid[0], : grid[1]]
     boundary = torch.sigmoid((logits[0, 0] + logits[1, 0].flip(-1)) / 2)
     return boundary.cpu(), displacement[0].cpu()
 

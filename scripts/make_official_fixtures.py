@@ -1,0 +1,126 @@
+"""Generate the official-release fixtures of tests/models/official/ from the official code.
+
+    python scripts/make_official_fixtures.py irn /tmp/official/irn   # a checkout of jiwoon-ahn/irn
+    python scripts/make_official_fixtures.py psa /tmp/official/psa   # a checkout of jiwoon-ahn/psa
+
+For each release the official model is built from the given checkout (never from this
+repository, and only when this script runs), every tensor is filled from its *name* with
+:func:`wsss.models.official.fill.fill_tensor`, the official forward/inference runs on a fixed
+small input, and ``tests/fixtures/official/<release>_<model>.npz`` stores only the state-dict
+key names, shapes and dtypes, the input and the outputs (no weights, no pickle). The tests
+rebuild the weights from the names, load them through ``wsss.models.official`` and compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsss.models.official.fill import alias_groups, fill_tensor
+
+OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "official"
+
+
+def fill_model(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Fill ``model`` in place from its tensor names; return the fixture's key description."""
+    state = model.state_dict(keep_vars=True)
+    canonical = alias_groups(state)
+    with torch.no_grad():
+        for key, value in state.items():
+            if canonical[key] == key:
+                value.copy_(fill_tensor(key, value.shape, value.dtype))
+    width = max(v.ndim for v in state.values())
+    shapes = np.full((len(state), width), -1, dtype=np.int64)
+    for row, value in enumerate(state.values()):
+        shapes[row, : value.ndim] = value.shape
+    return {
+        "keys": np.array(list(state)),
+        "canonical": np.array([canonical[k] for k in state]),
+        "shapes": shapes,
+        "dtypes": np.array([str(v.dtype).removeprefix("torch.") for v in state.values()]),
+    }
+
+
+def image_input(seed: int, height: int, width: int) -> torch.Tensor:
+    """A fixed normalised image ``(1, 3, H, W)``: smooth blobs, so CAMs are not all noise."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    image = np.zeros((3, height, width))
+    for c in range(3):
+        for _ in range(4):
+            cy, cx, s, a = rng.random(4)
+            image[c] += (2 * a - 1) * 2 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (0.02 + 0.1 * s))
+    image += 0.1 * rng.standard_normal(image.shape)
+    return torch.from_numpy(image[None].astype(np.float32))
+
+
+def save(name: str, **arrays: np.ndarray) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.npz"
+    np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+def _official_imports(code: Path) -> None:
+    sys.path.insert(0, str(code))
+
+
+def make_irn(code: Path) -> None:
+    """IRN: CAM network (``net/resnet50_cam.py``) and IRNet (``net/resnet50_irn.py``)."""
+    _official_imports(code)
+    from misc import indexing  # noqa: E402  (official code, from the given checkout)
+    from net import resnet50, resnet50_cam, resnet50_irn  # noqa: E402
+
+    original = resnet50.resnet50
+    resnet50.resnet50 = lambda pretrained=True, **kw: original(pretrained=False, **kw)  # no download
+
+    # CAM network: Net.forward (logits) and CAM.forward (x[0] + flip(x[1]) of ReLU'd CAMs).
+    cam_net = resnet50_cam.CAM()
+    keys = fill_model(cam_net)
+    cam_net.eval()
+    image = image_input(0, 72, 88)
+    with torch.no_grad():
+        logits = resnet50_cam.Net.forward(cam_net, image)
+        cam = cam_net(torch.cat([image, image.flip(-1)]))
+    save("irn_cam", image=image.numpy(), logits=logits.numpy(), cam=cam.numpy(), **keys)
+
+    # IRNet: keys of the saved AffinityDisplacementLoss (path indices included), outputs of
+    # Net.forward on the padded flip batch and of EdgeDisplacement (make_sem_seg_labels).
+    crop = 64
+    path_index = indexing.PathIndex(radius=10, default_size=(32, 32))  # names only
+    trained = resnet50_irn.AffinityDisplacementLoss(path_index)
+    keys = fill_model(trained)
+    infer = resnet50_irn.EdgeDisplacement(crop_size=crop, stride=4)
+    infer.load_state_dict(trained.state_dict(), strict=False)
+    infer.eval()
+    image = image_input(1, 50, 60)
+    batch = torch.cat([image, image.flip(-1)])
+    with torch.no_grad():
+        padded = torch.nn.functional.pad(batch, [0, crop - batch.shape[3], 0, crop - batch.shape[2]])
+        edge_raw, dp_raw = resnet50_irn.Net.forward(infer, padded)
+        edge, dp = infer(batch)
+    save("irn_irn", image=image.numpy(), crop_size=np.int64(crop), edge_raw=edge_raw.numpy(),
+         dp_raw=dp_raw.numpy(), edge=edge.numpy(), dp=dp.numpy(), **keys)
+
+
+RELEASES = {"irn": make_irn}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("release", choices=sorted(RELEASES))
+    parser.add_argument("code", type=Path, help="checkout of the official repository")
+    args = parser.parse_args()
+    if not args.code.is_dir():
+        parser.error(f"{args.code} is not a directory")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    RELEASES[args.release](args.code.resolve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Loaders for the authors' released checkpoints (issue 13; see ``docs/methods.md``).
+
+``load_official(module, path, fmt)`` reads ``path`` (pickle-free) and maps it strictly onto
+``module`` (:func:`wsss.models.official.strict.load_mapped`). Formats:
+
+=========== ================================ =============================================
+format      release file                     our module
+=========== ================================ =============================================
+``irn_cam`` IRN ``res50_cam.pth``            CAMModule, resnet50 os16, ``dilate=false``
+``irn``     IRN ``res50_irn.pth``            IRNetModule(official=True), same backbone
+``psa``     PSA ``res38_cls.pth``            CAMModule, resnet38
+``psa_aff`` PSA ``res38_aff.pth``            AffinityNetModule, resnet38 conv4/conv5/conv6
+=========== ================================ =============================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from wsss.models.official.strict import CheckpointMismatchError, read_checkpoint
+
+__all__ = ["FORMATS", "CheckpointMismatchError", "load_official"]
+
+
+def _irn_cam(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
+    from wsss.models.official.irn import load_irn_cam
+
+    return load_irn_cam(module, state, source)
+
+
+def _irn(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
+    from wsss.models.official.irn import load_irn
+
+    return load_irn(module, state, source)
+
+
+FORMATS: dict[str, Callable[[nn.Module, dict[str, Tensor], str], nn.Module]] = {
+    "irn_cam": _irn_cam,
+    "irn": _irn,
+}
+
+
+def load_official(module: nn.Module, path: str | Path, fmt: str) -> nn.Module:
+    """Load the released checkpoint ``path`` of format ``fmt`` into ``module`` (strict)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown checkpoint_format {fmt!r}; expected one of {sorted(FORMATS)}")
+    state = read_checkpoint(path, fmt)
+    return FORMATS[fmt](module, state, str(path))
