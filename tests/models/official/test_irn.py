@@ -58,7 +58,6 @@ def test_irn_cam_dilated_backbone_differs_and_is_refused(cam_checkpoint) -> None
     with pytest.raises(CheckpointMismatchError, match=r"dilate=false"):
         load_official(model, path, "irn_cam")
     # Same weights in the dilated (default) backbone: the CAMs really differ.
-    model.backbone.layer4.requires_grad_(False)
     for layer in model.backbone.layer4.modules():  # undilate, load, then dilate again
         if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size == (3, 3):
             layer.dilation, layer.padding = (1, 1), (1, 1)

@@ -73,7 +73,7 @@ def _run(ctx: StageContext) -> dict:
         item = dataset[index]
         name, size = item["name"], item["size"]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
-        boundary, displacement = irn_outputs(model, item["image"])
+        boundary, displacement = irn_outputs(model, item["image"], ctx.params.get("pad_to"))
         instance_map = instances_from_displacement(displacement, p.displacement_threshold, p.n_iter)
         result = instance_masks_from_walk(
             stride4_cams(floored(cams, floor), tuple(boundary.shape)), keys, boundary, instance_map, size,

@@ -98,7 +98,7 @@ def walk_scores(model: torch.nn.Module, item: dict, cams: torch.Tensor, floor: f
                 p) -> torch.Tensor:  # fmt: skip
     """Upsampled IRN walk scores ``(K, H, W)`` of one image (divide by the global max and prepend
     a constant background to get the label)."""
-    boundary, _ = irn_outputs(model, item["image"])
+    boundary, _ = irn_outputs(model, item["image"], p.get("pad_to"))
     scores = irn_semantic_scores(stride4_cams(floored(cams, floor), tuple(boundary.shape)), boundary,
                                  p.radius, p.beta, p.exp_times)  # fmt: skip
     return upsample_scores(scores, item["size"], STRIDE)

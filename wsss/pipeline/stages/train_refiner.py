@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from wsss.pipeline.context import MODEL_FILE, StageContext, init_backbone, save_model
+from wsss.pipeline.official import load_release
 from wsss.pipeline.stages.make_pseudo_labels import label_dir
 
 
@@ -43,6 +44,9 @@ def run(ctx: StageContext) -> dict:
 
 def _run(ctx: StageContext) -> dict:
     p = ctx.params
+    released = load_release(ctx, instantiate(p.module))  # from_checkpoint: no training
+    if released is not None:
+        return released
     labels = label_dir(ctx.input(p.labels_from))
     jitter = OmegaConf.to_container(p.color_jitter, resolve=True) if p.color_jitter else None
     datamodule = ctx.datamodule(
