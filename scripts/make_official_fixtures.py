@@ -107,7 +107,42 @@ def make_irn(code: Path) -> None:
          dp_raw=dp_raw.numpy(), edge=edge.numpy(), dp=dp.numpy(), **keys)
 
 
-RELEASES = {"irn": make_irn}
+def make_psa(code: Path) -> None:
+    """PSA: ResNet-38 classifier (``network/resnet38_cls.py``) and AffinityNet
+    (``network/resnet38_aff.py``), with the dense random walk of ``infer_aff.py``."""
+    _official_imports(code)
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the official code calls .cuda()
+    from network import resnet38_aff, resnet38_cls  # noqa: E402  (official code)
+
+    cls_net = resnet38_cls.Net()
+    keys = fill_model(cls_net)
+    cls_net.eval()
+    image = image_input(2, 40, 56)
+    with torch.no_grad():
+        logits = cls_net(image)
+        cam = cls_net.forward_cam(image)
+    save("psa_cls", image=image.numpy(), logits=logits.numpy(), cam=cam.numpy(), **keys)
+
+    aff_net = resnet38_aff.Net()
+    keys = fill_model(aff_net)
+    aff_net.eval()
+    image = image_input(3, 72, 88)  # feature grid 9 x 11
+    beta, logt = 8, 3
+    with torch.no_grad():
+        aff = aff_net(image)  # (1, 34, n_sources) pair affinities
+        # infer_aff.py: dense affinities ^ beta, column-normalised, squared logt times.
+        aff_mat = torch.pow(aff_net.forward(image, True), beta)
+        trans_mat = aff_mat / torch.sum(aff_mat, dim=0, keepdim=True)
+        for _ in range(logt):
+            trans_mat = torch.matmul(trans_mat, trans_mat)
+        rng = np.random.Generator(np.random.PCG64(4))
+        seeds = torch.from_numpy(rng.random((3, 9, 11), dtype=np.float32))
+        walk = torch.matmul(seeds.view(3, -1), trans_mat).view(3, 9, 11)
+    save("psa_aff", image=image.numpy(), aff=aff.numpy(), seeds=seeds.numpy(), walk=walk.numpy(),
+         beta=np.int64(beta), logt=np.int64(logt), **keys)
+
+
+RELEASES = {"irn": make_irn, "psa": make_psa}
 
 
 def main() -> None:

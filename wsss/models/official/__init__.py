@@ -37,9 +37,23 @@ def _irn(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
     return load_irn(module, state, source)
 
 
+def _psa(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
+    from wsss.models.official.psa import load_psa_cls
+
+    return load_psa_cls(module, state, source)
+
+
+def _psa_aff(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
+    from wsss.models.official.psa import load_psa_aff
+
+    return load_psa_aff(module, state, source)
+
+
 FORMATS: dict[str, Callable[[nn.Module, dict[str, Tensor], str], nn.Module]] = {
     "irn_cam": _irn_cam,
     "irn": _irn,
+    "psa": _psa,
+    "psa_aff": _psa_aff,
 }
 
 

@@ -21,7 +21,8 @@ __all__ = ["fill_tensor", "filled_state", "alias_groups", "official_state_from_f
 
 def _uniform(name: str, shape: Sequence[int]) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
-    return np.random.Generator(np.random.PCG64(seed)).random(tuple(shape))  # [0, 1)
+    # float32 draws: ResNet-38 (~100M values) stays cheap to rebuild in a test.
+    return np.random.Generator(np.random.PCG64(seed)).random(tuple(shape), dtype=np.float32)  # [0, 1)
 
 
 def fill_tensor(name: str, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
@@ -36,17 +37,18 @@ def fill_tensor(name: str, shape: Sequence[int], dtype: torch.dtype = torch.floa
     shape = tuple(int(s) for s in shape)
     if not dtype.is_floating_point:
         return torch.zeros(shape, dtype=dtype)
-    u = _uniform(name, shape) * 2.0 - 1.0  # [-1, 1)
+    u = _uniform(name, shape) * np.float32(2.0) - np.float32(1.0)  # [-1, 1), float32
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "running_var":
-        values = 1.0 + 0.5 * u
+        values = 1 + np.float32(0.5) * u
     elif leaf == "running_mean" or len(shape) <= 1 and leaf != "weight":
-        values = 0.1 * u
+        values = np.float32(0.1) * u
     elif len(shape) <= 1:
-        values = 1.0 + 0.1 * u
+        values = 1 + np.float32(0.1) * u
     else:
         fan_in = int(np.prod(shape[1:]))
-        values = u * np.sqrt(3.0 / fan_in)
+        u *= np.float32(np.sqrt(3.0 / fan_in))
+        values = u
     return torch.from_numpy(values).to(dtype)
 
 

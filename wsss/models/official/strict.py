@@ -41,7 +41,7 @@ def read_checkpoint(path: str | Path, fmt: str) -> dict[str, Tensor]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (method.checkpoint_format={fmt})")
+        raise FileNotFoundError(f"checkpoint not found: {path} (checkpoint format {fmt!r})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # RuntimeError / UnpicklingError / EOFError, by where the file breaks
@@ -115,7 +115,7 @@ def load_mapped(
         loaded[ours], origin[ours] = value, key
     missing = [k for k in target if k not in loaded and k not in fill]
     if unused or missing or bad_shape or disagree:
-        msg = f"{source} does not fit method.checkpoint_format={fmt!r} onto {type(module).__name__}:"
+        msg = f"{source} does not fit checkpoint format {fmt!r} onto {type(module).__name__}:"
         if unused:
             msg += _listing("official tensors not used", unused)
         if missing:
