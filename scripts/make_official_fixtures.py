@@ -2,6 +2,8 @@
 
     python scripts/make_official_fixtures.py irn /tmp/official/irn   # a checkout of jiwoon-ahn/irn
     python scripts/make_official_fixtures.py psa /tmp/official/psa   # a checkout of jiwoon-ahn/psa
+    python scripts/make_official_fixtures.py seam /tmp/official/seam # YudeWang/SEAM
+    python scripts/make_official_fixtures.py eps /tmp/official/eps   # halbielee/EPS
 
 For each release the official model is built from the given checkout (never from this
 repository, and only when this script runs), every tensor is filled from its *name* with
@@ -142,7 +144,37 @@ def make_psa(code: Path) -> None:
          beta=np.int64(beta), logt=np.int64(logt), **keys)
 
 
-RELEASES = {"irn": make_irn, "psa": make_psa}
+def make_seam(code: Path) -> None:
+    """SEAM: ``network/resnet38_SEAM.py`` forward (CAM and PCM output at the input size)."""
+    _official_imports(code)
+    from network import resnet38_SEAM  # noqa: E402  (official code)
+
+    net = resnet38_SEAM.Net()
+    keys = fill_model(net)
+    net.eval()
+    image = image_input(5, 48, 64)
+    with torch.no_grad():
+        cam, cam_rv = net(image)
+    save("seam", image=image.numpy(), cam=cam.numpy(), cam_rv=cam_rv.numpy(), **keys)
+
+
+def make_eps(code: Path) -> None:
+    """EPS: ``network/resnet38_eps.py`` (VOC: 21 maps, background last); forward and the
+    softmax foreground maps of ``infer.py``'s ``predict_cam``."""
+    _official_imports(code)
+    from network import resnet38_eps  # noqa: E402  (official code)
+
+    net = resnet38_eps.Net(21)
+    keys = fill_model(net)
+    net.eval()
+    image = image_input(6, 48, 64)
+    with torch.no_grad():
+        pred, cam = net(image)
+        fg = torch.softmax(net.forward_cam(image), dim=1)[:, :-1]
+    save("eps", image=image.numpy(), pred=pred.numpy(), cam=cam.numpy(), fg=fg.numpy(), **keys)
+
+
+RELEASES = {"irn": make_irn, "psa": make_psa, "seam": make_seam, "eps": make_eps}
 
 
 def main() -> None:

@@ -10,6 +10,8 @@ format      release file                     our module
 ``irn``     IRN ``res50_irn.pth``            IRNetModule(official=True), same backbone
 ``psa``     PSA ``res38_cls.pth``            CAMModule, resnet38
 ``psa_aff`` PSA ``res38_aff.pth``            AffinityNetModule, resnet38 conv4/conv5/conv6
+``seam``    SEAM ``resnet38_SEAM.pth``         SEAMModule, resnet38
+``eps``     EPS VOC/COCO checkpoint          EPSModule, resnet38
 =========== ================================ =============================================
 """
 
@@ -49,11 +51,25 @@ def _psa_aff(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Mod
     return load_psa_aff(module, state, source)
 
 
+def _seam(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
+    from wsss.models.official.seam_eps import load_seam
+
+    return load_seam(module, state, source)
+
+
+def _eps(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
+    from wsss.models.official.seam_eps import load_eps
+
+    return load_eps(module, state, source)
+
+
 FORMATS: dict[str, Callable[[nn.Module, dict[str, Tensor], str], nn.Module]] = {
     "irn_cam": _irn_cam,
     "irn": _irn,
     "psa": _psa,
     "psa_aff": _psa_aff,
+    "seam": _seam,
+    "eps": _eps,
 }
 
 
