@@ -30,7 +30,7 @@ def test_irn_release_runs_through_our_stages(tiny_cfg, tmp_path) -> None:
         f"stages.train_cls.from_checkpoint={cam}",
         f"stages.train_irn.from_checkpoint={irn}",
         "pipeline.order=[train_cls,make_cam,eval_cam,train_irn,calibrate_irn,make_sem_seg_labels]",
-        "stages.make_sem_seg_labels.pad_to=96",
+        "stages.train_irn.module.pad_to=96",
         "stages.make_cam.scales=[1.0]",
         "stages.make_sem_seg_labels.exp_times=2",
         "stages.eval_cam.num_examples=0",

@@ -68,6 +68,10 @@ class IRNetModule(WSSSModule):
         optimizer: Partial SGD; the boundary branch gets its lr, the displacement branch
             ``new_lr_mult`` times it (IRN: 0.1 / 1.0).
         official: IRN's exact head and resizing (see the module docstring); default False.
+        pad_to: :meth:`edge_displacement` zero-pads the normalised image bottom/right to a
+            square of this side (IRN: 512, ``EdgeDisplacement(crop_size=512)``) and crops the
+            outputs back; GroupNorm statistics then include the padding, so IRN's released
+            IRNet needs it to give IRN's outputs. None (default): no padding.
         new_lr_mult, poly_power: see :class:`WSSSModule`.
         radius: Pair radius of the training losses (IRN: 10).
         width: Channel multiplier of the IRN plan; ``None`` = ``out_channels / 2048``.
@@ -77,7 +81,7 @@ class IRNetModule(WSSSModule):
 
     def __init__(self, backbone: dict, optimizer: Callable, new_lr_mult: float, poly_power: float,
                  radius: int = 10, width: float | None = None, freeze_backbone: bool = True,
-                 official: bool = False) -> None:  # fmt: skip
+                 official: bool = False, pad_to: int | None = None) -> None:  # fmt: skip
         super().__init__(optimizer, new_lr_mult, poly_power)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.backbone = build_backbone(**backbone)
@@ -105,6 +109,7 @@ class IRNetModule(WSSSModule):
         self.dp_branches = nn.ModuleDict({lv: _block(chans[lv], plan[lv]) for lv in self.levels})
         self.dp_coarse = nn.Conv2d(sum(plan[lv] for lv in self.coarse), fuse, 1, bias=False)
         self.official = official
+        self.pad_to = pad_to
         if official:  # IRN fc_dp6: conv -> GN -> Upsample -> ReLU
             self.dp_coarse_norm = nn.GroupNorm(max(1, min(16, fuse // 8)), fuse)
         self.dp_out = nn.Sequential(_block(sum(plan[lv] for lv in self.fine) + fuse, fuse),
@@ -186,3 +191,49 @@ class IRNetModule(WSSSModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=size)
         return loss
+
+    @torch.no_grad()
+    def edge_displacement(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """IRN ``EdgeDisplacement`` inference of one image: boundary probabilities ``(h, w)`` from
+        the flip-averaged logits and the displacement ``(2, h, w)`` of the unflipped image (mean
+        shift applied in eval mode), both on the CPU. ``pad_to`` (init) pads as IRN does.
+
+        Shape:
+            - image: ``(3, H, W)`` normalised
+        """
+        batch = torch.stack([image, image.flip(-1)]).to(self.mean_shift.device)
+        height, width = image.shape[-2:]
+        if self.pad_to:
+            if max(height, width) > self.pad_to:
+                raise ValueError(f"IRNet pad_to={self.pad_to} is smaller than the image ({height}x{width})")
+            batch = F.pad(batch, [0, self.pad_to - width, 0, self.pad_to - height])
+        logits, displacement = self(batch)
+        if self.pad_to:  # IRN: feat_size = (H - 1) // 4 + 1
+            grid = ((height - 1) // 4 + 1, (width - 1) // 4 + 1)
+            logits, displacement = logits[..., : grid[0], : grid[1]], displacement[..., : grid[0], : grid[1]]
+        boundary = torch.sigmoid((logits[0, 0] + logits[1, 0].flip(-1)) / 2)
+        return boundary.cpu(), displacement[0].cpu()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Per image of a batch: ``{name, boundary (h, w), displacement (2, h, w)}`` (CPU)."""
+        out = []
+        for i, name in enumerate(batch["name"]):
+            boundary, displacement = self.edge_displacement(batch["image"][i])
+            out.append({"name": name, "boundary": boundary, "displacement": displacement})
+        return out
+
+
+@torch.no_grad()
+def mean_displacement(model: IRNetModule, images) -> Tensor:
+    """Mean raw displacement ``(2,)`` of ``model`` over an iterable of ``(1, 3, H, W)`` images
+    (IRN's mean-shift calibration: eval mode, the stored mean shift reset to 0)."""
+    model.eval()
+    model.mean_shift.zero_()
+    device = model.mean_shift.device
+    means = []
+    for image in images:
+        _, displacement = model(image.to(device))
+        means.append(displacement.mean(dim=(0, 2, 3)).cpu())
+    if not means:
+        raise ValueError("calibrate_irn: no images to average over")
+    return torch.stack(means).mean(dim=0)

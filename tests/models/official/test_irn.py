@@ -87,10 +87,9 @@ def test_irnet_matches_official(tmp_path) -> None:
         edge_raw, dp_raw = model(F.pad(batch, [0, crop - batch.shape[3], 0, crop - batch.shape[2]]))
     torch.testing.assert_close(edge_raw, torch.from_numpy(fx["edge_raw"]), **TOL)
     torch.testing.assert_close(dp_raw, torch.from_numpy(fx["dp_raw"]), **TOL)
-    # make_sem_seg_labels' inference with IRN's zero padding = EdgeDisplacement.
-    from wsss.pipeline.stages.make_sem_seg_labels import irn_outputs
-
-    edge, dp = irn_outputs(model, image, pad_to=crop)
+    # The label stages' inference with IRN's zero padding = EdgeDisplacement.
+    model.pad_to = crop
+    edge, dp = model.edge_displacement(image)
     torch.testing.assert_close(edge[None], torch.from_numpy(fx["edge"]), **TOL)
     torch.testing.assert_close(dp, torch.from_numpy(fx["dp"]), **TOL)
 
