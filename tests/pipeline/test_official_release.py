@@ -46,3 +46,16 @@ def test_irn_release_runs_through_our_stages(tiny_cfg, tmp_path) -> None:
     sem = results["make_sem_seg_labels"]
     assert sem["bg_threshold"] == 0.25 and 0.0 <= sem["miou"] <= 1.0
     assert len(list((run_dir / "stages/make_sem_seg_labels/labels").glob("*.png"))) == sem["num_images"] > 0
+
+
+def test_psa_release_composes_psa_networks_and_walk() -> None:
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["experiment=psa_release", "stages.train_cls.from_checkpoint=a.pth",
+                       "stages.train_affinity.from_checkpoint=b.pth"], tiny=False)
+    assert cfg.backbone.name == "resnet38" and cfg.stages.random_walk.sources == "psa"
+    assert cfg.stages.train_cls.checkpoint_format == "psa"
+    module = instantiate(cfg.stages.train_affinity.module)
+    assert module.levels == ["conv4", "conv5", "conv6"] and module.stride == 8
