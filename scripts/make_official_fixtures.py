@@ -4,6 +4,8 @@
     python scripts/make_official_fixtures.py psa /tmp/official/psa   # a checkout of jiwoon-ahn/psa
     python scripts/make_official_fixtures.py seam /tmp/official/seam # YudeWang/SEAM
     python scripts/make_official_fixtures.py eps /tmp/official/eps   # halbielee/EPS
+    python scripts/make_official_fixtures.py oaa /tmp/official/oaa   # PengtaoJiang/OAA-PyTorch
+    python scripts/make_official_fixtures.py sec /tmp/official/sec   # halbielee/SEC_pytorch
 
 For each release the official model is built from the given checkout (never from this
 repository, and only when this script runs), every tensor is filled from its *name* with
@@ -174,7 +176,40 @@ def make_eps(code: Path) -> None:
     save("eps", image=image.numpy(), pred=pred.numpy(), cam=cam.numpy(), fg=fg.numpy(), **keys)
 
 
-RELEASES = {"irn": make_irn, "psa": make_psa, "seam": make_seam, "eps": make_eps}
+def make_oaa(code: Path) -> None:
+    """OAA: ``models/vgg.py`` (``vgg16``, cfg D1) logits and class maps (no accumulation)."""
+    import tempfile
+
+    _official_imports(code)
+    from models import vgg  # noqa: E402  (official code; imports cv2)
+
+    with tempfile.TemporaryDirectory() as runs:  # the official __init__ creates its run folders
+        net = vgg.vgg16(num_classes=20, att_dir=runs, accu_dir=runs)
+    keys = fill_model(net)
+    net.eval()
+    image = image_input(7, 56, 72)
+    with torch.no_grad():
+        logits = net(image)
+        maps = net.get_heatmaps()
+    save("oaa", image=image.numpy(), logits=logits.numpy(), maps=maps.numpy(), **keys)
+
+
+def make_sec(code: Path) -> None:
+    """SEC_pytorch: ``network/DeepLab_LargeFOV.py`` (21 outputs) fc8 scores."""
+    _official_imports(code)
+    from network.DeepLab_LargeFOV import deeplab_large_fov  # noqa: E402  (official code)
+
+    net = deeplab_large_fov(21)
+    keys = fill_model(net)
+    net.eval()
+    image = image_input(8, 56, 72)
+    with torch.no_grad():
+        scores = net(image)
+    save("sec", image=image.numpy(), scores=scores.numpy(), **keys)
+
+
+RELEASES = {"irn": make_irn, "psa": make_psa, "seam": make_seam, "eps": make_eps, "oaa": make_oaa,
+            "sec": make_sec}
 
 
 def main() -> None:

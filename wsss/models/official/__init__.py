@@ -12,6 +12,8 @@ format      release file                     our module
 ``psa_aff`` PSA ``res38_aff.pth``            AffinityNetModule, resnet38 conv4/conv5/conv6
 ``seam``    SEAM ``resnet38_SEAM.pth``         SEAMModule, resnet38
 ``eps``     EPS VOC/COCO checkpoint          EPSModule, resnet38
+``oaa``     OAA / OAA+ VGG-16 classifier     OAAModule / IAMModule, vgg16
+``sec``     SEC_pytorch DeepLab-LargeFOV     SECModule, vgg16 ``deeplab_pools=true``
 =========== ================================ =============================================
 """
 
@@ -63,6 +65,18 @@ def _eps(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
     return load_eps(module, state, source)
 
 
+def _oaa(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
+    from wsss.models.official.vgg import load_oaa
+
+    return load_oaa(module, state, source)
+
+
+def _sec(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
+    from wsss.models.official.vgg import load_sec
+
+    return load_sec(module, state, source)
+
+
 FORMATS: dict[str, Callable[[nn.Module, dict[str, Tensor], str], nn.Module]] = {
     "irn_cam": _irn_cam,
     "irn": _irn,
@@ -70,6 +84,8 @@ FORMATS: dict[str, Callable[[nn.Module, dict[str, Tensor], str], nn.Module]] = {
     "psa_aff": _psa_aff,
     "seam": _seam,
     "eps": _eps,
+    "oaa": _oaa,
+    "sec": _sec,
 }
 
 
