@@ -88,7 +88,7 @@ def test_truncated_and_foreign_files_name_the_file(tmp_path) -> None:
         load_official(model, foreign, "psa")
     with pytest.raises(CheckpointMismatchError, match=r"module tensors not set \(\d+\): backbone.conv1a"):
         load_official(model, good, "psa")
-    with pytest.raises(ValueError, match="unknown checkpoint_format 'seam'"):
-        load_official(model, good, "seam")
+    with pytest.raises(ValueError, match="unknown checkpoint_format 'deeplab'"):
+        load_official(model, good, "deeplab")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_official(model, tmp_path / "missing.pth", "psa")
