@@ -57,7 +57,9 @@ def image_input(seed: int, height: int, width: int) -> torch.Tensor:
     for c in range(3):
         for _ in range(4):
             cy, cx, s, a = rng.random(4)
-            image[c] += (2 * a - 1) * 2 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (0.02 + 0.1 * s))
+            image[c] += (
+                (2 * a - 1) * 2 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (0.02 + 0.1 * s))
+            )
     image += 0.1 * rng.standard_normal(image.shape)
     return torch.from_numpy(image[None].astype(np.float32))
 
@@ -76,11 +78,13 @@ def _official_imports(code: Path) -> None:
 def make_irn(code: Path) -> None:
     """IRN: CAM network (``net/resnet50_cam.py``) and IRNet (``net/resnet50_irn.py``)."""
     _official_imports(code)
-    from misc import indexing  # noqa: E402  (official code, from the given checkout)
-    from net import resnet50, resnet50_cam, resnet50_irn  # noqa: E402
+    from misc import indexing
+    from net import resnet50, resnet50_cam, resnet50_irn
 
     original = resnet50.resnet50
-    resnet50.resnet50 = lambda pretrained=True, **kw: original(pretrained=False, **kw)  # no download
+    resnet50.resnet50 = lambda pretrained=True, **kw: original(
+        pretrained=False, **kw
+    )  # no download
 
     # CAM network: Net.forward (logits) and CAM.forward (x[0] + flip(x[1]) of ReLU'd CAMs).
     cam_net = resnet50_cam.CAM()
@@ -104,11 +108,21 @@ def make_irn(code: Path) -> None:
     image = image_input(1, 50, 60)
     batch = torch.cat([image, image.flip(-1)])
     with torch.no_grad():
-        padded = torch.nn.functional.pad(batch, [0, crop - batch.shape[3], 0, crop - batch.shape[2]])
+        padded = torch.nn.functional.pad(
+            batch, [0, crop - batch.shape[3], 0, crop - batch.shape[2]]
+        )
         edge_raw, dp_raw = resnet50_irn.Net.forward(infer, padded)
         edge, dp = infer(batch)
-    save("irn_irn", image=image.numpy(), crop_size=np.int64(crop), edge_raw=edge_raw.numpy(),
-         dp_raw=dp_raw.numpy(), edge=edge.numpy(), dp=dp.numpy(), **keys)
+    save(
+        "irn_irn",
+        image=image.numpy(),
+        crop_size=np.int64(crop),
+        edge_raw=edge_raw.numpy(),
+        dp_raw=dp_raw.numpy(),
+        edge=edge.numpy(),
+        dp=dp.numpy(),
+        **keys,
+    )
 
 
 def make_psa(code: Path) -> None:
@@ -116,7 +130,7 @@ def make_psa(code: Path) -> None:
     (``network/resnet38_aff.py``), with the dense random walk of ``infer_aff.py``."""
     _official_imports(code)
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the official code calls .cuda()
-    from network import resnet38_aff, resnet38_cls  # noqa: E402  (official code)
+    from network import resnet38_aff, resnet38_cls
 
     cls_net = resnet38_cls.Net()
     keys = fill_model(cls_net)
@@ -142,14 +156,22 @@ def make_psa(code: Path) -> None:
         rng = np.random.Generator(np.random.PCG64(4))
         seeds = torch.from_numpy(rng.random((3, 9, 11), dtype=np.float32))
         walk = torch.matmul(seeds.view(3, -1), trans_mat).view(3, 9, 11)
-    save("psa_aff", image=image.numpy(), aff=aff.numpy(), seeds=seeds.numpy(), walk=walk.numpy(),
-         beta=np.int64(beta), logt=np.int64(logt), **keys)
+    save(
+        "psa_aff",
+        image=image.numpy(),
+        aff=aff.numpy(),
+        seeds=seeds.numpy(),
+        walk=walk.numpy(),
+        beta=np.int64(beta),
+        logt=np.int64(logt),
+        **keys,
+    )
 
 
 def make_seam(code: Path) -> None:
     """SEAM: ``network/resnet38_SEAM.py`` forward (CAM and PCM output at the input size)."""
     _official_imports(code)
-    from network import resnet38_SEAM  # noqa: E402  (official code)
+    from network import resnet38_SEAM
 
     net = resnet38_SEAM.Net()
     keys = fill_model(net)
@@ -164,7 +186,7 @@ def make_eps(code: Path) -> None:
     """EPS: ``network/resnet38_eps.py`` (VOC: 21 maps, background last); forward and the
     softmax foreground maps of ``infer.py``'s ``predict_cam``."""
     _official_imports(code)
-    from network import resnet38_eps  # noqa: E402  (official code)
+    from network import resnet38_eps
 
     net = resnet38_eps.Net(21)
     keys = fill_model(net)
@@ -181,7 +203,7 @@ def make_oaa(code: Path) -> None:
     import tempfile
 
     _official_imports(code)
-    from models import vgg  # noqa: E402  (official code; imports cv2)
+    from models import vgg
 
     with tempfile.TemporaryDirectory() as runs:  # the official __init__ creates its run folders
         net = vgg.vgg16(num_classes=20, att_dir=runs, accu_dir=runs)
@@ -197,7 +219,7 @@ def make_oaa(code: Path) -> None:
 def make_sec(code: Path) -> None:
     """SEC_pytorch: ``network/DeepLab_LargeFOV.py`` (21 outputs) fc8 scores."""
     _official_imports(code)
-    from network.DeepLab_LargeFOV import deeplab_large_fov  # noqa: E402  (official code)
+    from network.DeepLab_LargeFOV import deeplab_large_fov
 
     net = deeplab_large_fov(21)
     keys = fill_model(net)
@@ -208,12 +230,20 @@ def make_sec(code: Path) -> None:
     save("sec", image=image.numpy(), scores=scores.numpy(), **keys)
 
 
-RELEASES = {"irn": make_irn, "psa": make_psa, "seam": make_seam, "eps": make_eps, "oaa": make_oaa,
-            "sec": make_sec}
+RELEASES = {
+    "irn": make_irn,
+    "psa": make_psa,
+    "seam": make_seam,
+    "eps": make_eps,
+    "oaa": make_oaa,
+    "sec": make_sec,
+}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("release", choices=sorted(RELEASES))
     parser.add_argument("code", type=Path, help="checkout of the official repository")
     args = parser.parse_args()

@@ -38,14 +38,20 @@ def test_irn_release_runs_through_our_stages(tiny_cfg, tmp_path) -> None:
     run_dir = tmp_path / "run"
     results = run_pipeline(cfg, run_dir)
     assert results["train_cls"]["checkpoint_format"] == "irn_cam"
-    assert results["train_cls"]["epochs"] == 0 and results["train_irn"]["checkpoint_format"] == "irn"
+    assert (
+        results["train_cls"]["epochs"] == 0 and results["train_irn"]["checkpoint_format"] == "irn"
+    )
     saved = torch.load(run_dir / "stages/train_cls/model.pt", weights_only=True)
     expected = official_state_from_fixture(dict(np.load(FIXTURES / "irn_cam.npz")))
     torch.testing.assert_close(saved["classifier.weight"], expected["classifier.weight"])
     assert 0.0 <= results["eval_cam"]["miou"] <= 1.0
     sem = results["make_sem_seg_labels"]
     assert sem["bg_threshold"] == 0.25 and 0.0 <= sem["miou"] <= 1.0
-    assert len(list((run_dir / "stages/make_sem_seg_labels/labels").glob("*.png"))) == sem["num_images"] > 0
+    assert (
+        len(list((run_dir / "stages/make_sem_seg_labels/labels").glob("*.png")))
+        == sem["num_images"]
+        > 0
+    )
 
 
 def test_psa_release_composes_psa_networks_and_walk() -> None:
@@ -53,8 +59,14 @@ def test_psa_release_composes_psa_networks_and_walk() -> None:
 
     from tests.conftest import compose_cfg
 
-    cfg = compose_cfg(["experiment=psa_release", "stages.train_cls.from_checkpoint=a.pth",
-                       "stages.train_affinity.from_checkpoint=b.pth"], tiny=False)
+    cfg = compose_cfg(
+        [
+            "experiment=psa_release",
+            "stages.train_cls.from_checkpoint=a.pth",
+            "stages.train_affinity.from_checkpoint=b.pth",
+        ],
+        tiny=False,
+    )
     assert cfg.backbone.name == "resnet38" and cfg.stages.random_walk.sources == "psa"
     assert cfg.stages.train_cls.checkpoint_format == "psa"
     module = instantiate(cfg.stages.train_affinity.module)

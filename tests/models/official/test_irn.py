@@ -21,7 +21,7 @@ from wsss.models.official import CheckpointMismatchError, load_official
 from wsss.models.official.fill import official_state_from_fixture
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "official"
-TOL = dict(rtol=1e-4, atol=1e-4)
+TOL = {"rtol": 1e-4, "atol": 1e-4}
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
 
 
@@ -31,7 +31,7 @@ def fixture(name: str) -> dict[str, np.ndarray]:
 
 
 def backbone(dilate: bool = False) -> dict:
-    return dict(name="resnet50", output_stride=16, dilate=dilate)
+    return {"name": "resnet50", "output_stride": 16, "dilate": dilate}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,9 @@ def test_irnet_matches_official(tmp_path) -> None:
     crop = int(fx["crop_size"])
     batch = torch.stack([image, image.flip(-1)])
     with torch.no_grad():
-        edge_raw, dp_raw = model(F.pad(batch, [0, crop - batch.shape[3], 0, crop - batch.shape[2]]))
+        edge_raw, dp_raw = model(
+            F.pad(batch, [0, crop - batch.shape[3], 0, crop - batch.shape[2]])
+        )
     torch.testing.assert_close(edge_raw, torch.from_numpy(fx["edge_raw"]), **TOL)
     torch.testing.assert_close(dp_raw, torch.from_numpy(fx["dp_raw"]), **TOL)
     # The label stages' inference with IRN's zero padding = EdgeDisplacement.

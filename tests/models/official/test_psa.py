@@ -22,9 +22,9 @@ from wsss.models.official import FORMATS, CheckpointMismatchError, load_official
 from wsss.models.official.fill import official_state_from_fixture
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "official"
-TOL = dict(rtol=1e-4, atol=1e-4)
+TOL = {"rtol": 1e-4, "atol": 1e-4}
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
-RESNET38 = dict(name="resnet38", output_stride=8)
+RESNET38 = {"name": "resnet38", "output_stride": 8}
 
 
 def fixture(name: str) -> dict[str, np.ndarray]:
@@ -52,9 +52,14 @@ def test_psa_affinitynet_and_walk_match_official() -> None:
     state, fx = release("psa_aff")
     model = AffinityNetModule(RESNET38, ["conv4", "conv5", "conv6"], [64, 128, 256], SGD, 10, 0.9)
     # A classifier file given as psa_aff: every leftover is named, on both sides.
-    wrong = {k: v for k, v in state.items() if not k.startswith("f")} | {"fc8.weight": torch.zeros(20, 4096, 1, 1)}
-    with pytest.raises(CheckpointMismatchError, match=r"(?s)res38_cls.pth .*official tensors not used \(1\): fc8.weight"
-                       r".*module tensors not set \(4\): branches.0.weight"):
+    wrong = {k: v for k, v in state.items() if not k.startswith("f")} | {
+        "fc8.weight": torch.zeros(20, 4096, 1, 1)
+    }
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"(?s)res38_cls.pth .*official tensors not used \(1\): fc8.weight"
+        r".*module tensors not set \(4\): branches.0.weight",
+    ):
         FORMATS["psa_aff"](model, wrong, "res38_cls.pth")
     FORMATS["psa_aff"](model, state, "res38_aff.pth").eval()
     with torch.no_grad():
@@ -80,13 +85,17 @@ def test_truncated_and_foreign_files_name_the_file(tmp_path) -> None:
     truncated = tmp_path / "res38_cls.pth"
     truncated.write_bytes(good.read_bytes()[:200])
     model = CAMModule(RESNET38, 20, SGD, 10, 0.9)
-    with pytest.raises(CheckpointMismatchError, match=r"res38_cls.pth: not a readable PyTorch checkpoint"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"res38_cls.pth: not a readable PyTorch checkpoint"
+    ):
         load_official(model, truncated, "psa")
     foreign = tmp_path / "weights.params"
     foreign.write_bytes(b"\x12\x01\x00\x00MXNet" + bytes(64))
     with pytest.raises(CheckpointMismatchError, match=r"weights.params: not a readable"):
         load_official(model, foreign, "psa")
-    with pytest.raises(CheckpointMismatchError, match=r"module tensors not set \(\d+\): backbone.conv1a"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"module tensors not set \(\d+\): backbone.conv1a"
+    ):
         load_official(model, good, "psa")
     with pytest.raises(ValueError, match="unknown checkpoint_format 'deeplab'"):
         load_official(model, good, "deeplab")

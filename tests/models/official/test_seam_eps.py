@@ -19,9 +19,9 @@ from wsss.models.official import FORMATS
 from wsss.models.official.fill import official_state_from_fixture
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "official"
-TOL = dict(rtol=1e-4, atol=1e-4)
+TOL = {"rtol": 1e-4, "atol": 1e-4}
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
-RESNET38 = dict(name="resnet38", output_stride=8)
+RESNET38 = {"name": "resnet38", "output_stride": 8}
 
 
 def release(name: str) -> tuple[dict, dict]:
@@ -32,7 +32,9 @@ def release(name: str) -> tuple[dict, dict]:
 
 def test_seam_matches_official() -> None:
     state, fx = release("seam")
-    model = FORMATS["seam"](SEAMModule(RESNET38, 20, SGD, 10, 0.9), state, "resnet38_SEAM.pth").eval()
+    model = FORMATS["seam"](
+        SEAMModule(RESNET38, 20, SGD, 10, 0.9), state, "resnet38_SEAM.pth"
+    ).eval()
     image = torch.from_numpy(fx["image"])
     with torch.no_grad():
         cam, rv = model.maps(image)
@@ -44,7 +46,9 @@ def test_seam_matches_official() -> None:
 
 def test_eps_matches_official() -> None:
     state, fx = release("eps")
-    model = FORMATS["eps"](EPSModule(RESNET38, 20, SGD, 10, 0.9, tau=0.4, lam=0.5), state, "eps.pth").eval()
+    model = FORMATS["eps"](
+        EPSModule(RESNET38, 20, SGD, 10, 0.9, tau=0.4, lam=0.5), state, "eps.pth"
+    ).eval()
     image = torch.from_numpy(fx["image"])
     with torch.no_grad():
         torch.testing.assert_close(model.class_maps(image), torch.from_numpy(fx["cam"]), **TOL)

@@ -16,14 +16,17 @@ def small() -> nn.Module:
 def rename(key: str) -> str | None:
     for src, dst in (("conv.", "0."), ("alias.", "0."), ("bn.", "1.")):
         if key.startswith(src):
-            return dst + key[len(src):]
+            return dst + key[len(src) :]
     return None
 
 
 def official() -> dict[str, torch.Tensor]:
     ref = small()
     nn.init.normal_(ref[0].weight)
-    state = {("conv." + k[2:] if k.startswith("0.") else "bn." + k[2:]): v.clone() for k, v in ref.state_dict().items()}
+    state = {
+        ("conv." + k[2:] if k.startswith("0.") else "bn." + k[2:]): v.clone()
+        for k, v in ref.state_dict().items()
+    }
     state["alias.weight"] = state["conv.weight"].clone()
     state["path_indices0"] = torch.zeros(3, dtype=torch.long)
     return state
@@ -32,11 +35,19 @@ def official() -> dict[str, torch.Tensor]:
 def test_wrapped_checkpoint_with_module_prefix_loads(tmp_path) -> None:
     state = official()
     path = tmp_path / "release.pth.tar"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3,
-                "optimizer": {"param_groups": [{"lr": 0.1}]}}, path)
+    torch.save(
+        {
+            "state_dict": {f"module.{k}": v for k, v in state.items()},
+            "epoch": 3,
+            "optimizer": {"param_groups": [{"lr": 0.1}]},
+        },
+        path,
+    )
     read = read_checkpoint(path, "x")
     assert set(read) == set(state)
-    model = load_mapped(small(), read, rename, source=str(path), fmt="x", derived=[r"path_indices\d+"])
+    model = load_mapped(
+        small(), read, rename, source=str(path), fmt="x", derived=[r"path_indices\d+"]
+    )
     torch.testing.assert_close(model[0].weight, state["conv.weight"])
 
 
@@ -59,13 +70,22 @@ def test_every_kind_of_leftover_is_named() -> None:
 def test_fill_sets_what_the_release_lacks() -> None:
     state = official()
     del state["bn.bias"]
-    model = load_mapped(small(), state, rename, source="f", fmt="x", derived=["path_indices0"],
-                        fill={"1.bias": torch.full((2,), 0.5)})
+    model = load_mapped(
+        small(),
+        state,
+        rename,
+        source="f",
+        fmt="x",
+        derived=["path_indices0"],
+        fill={"1.bias": torch.full((2,), 0.5)},
+    )
     torch.testing.assert_close(model[1].bias, torch.full((2,), 0.5))
 
 
 def test_not_a_state_dict(tmp_path) -> None:
     path = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], path)
-    with pytest.raises(CheckpointMismatchError, match=r"list.pth: expected a state dict .* got list"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"list.pth: expected a state dict .* got list"
+    ):
         read_checkpoint(path, "psa")

@@ -19,7 +19,7 @@ from wsss.models.official import FORMATS, CheckpointMismatchError, load_official
 from wsss.models.official.fill import official_state_from_fixture
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "official"
-TOL = dict(rtol=1e-4, atol=1e-4)
+TOL = {"rtol": 1e-4, "atol": 1e-4}
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
 
 
@@ -33,7 +33,7 @@ def test_oaa_matches_official(tmp_path) -> None:
     state, fx = release("oaa")
     path = tmp_path / "oaa.pth"
     torch.save(state, path)
-    model = OAAModule(dict(name="vgg16", output_stride=8), 20, SGD, 10, 0.9, accumulate=False)
+    model = OAAModule({"name": "vgg16", "output_stride": 8}, 20, SGD, 10, 0.9, accumulate=False)
     load_official(model, path, "oaa").eval()
     image = torch.from_numpy(fx["image"])
     with torch.no_grad():
@@ -43,7 +43,7 @@ def test_oaa_matches_official(tmp_path) -> None:
 
 def test_sec_matches_official_with_deeplab_pools() -> None:
     state, fx = release("sec")
-    backbone = dict(name="vgg16", output_stride=8)
+    backbone = {"name": "vgg16", "output_stride": 8}
     with pytest.raises(CheckpointMismatchError, match="deeplab_pools"):
         FORMATS["sec"](SECModule(backbone, 20, SGD, 10, 0.9), state, "sec.pth")
     model = SECModule(backbone | {"deeplab_pools": True}, 20, SGD, 10, 0.9)

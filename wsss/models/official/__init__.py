@@ -1,4 +1,4 @@
-"""Loaders for the authors' released checkpoints (issue 13; see ``docs/methods.md``).
+"""Loaders for the authors' released checkpoints.
 
 ``load_official(module, path, fmt)`` reads ``path`` (pickle-free) and maps it strictly onto
 ``module`` (:func:`wsss.models.official.strict.load_mapped`). Formats:

@@ -16,13 +16,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["fill_tensor", "filled_state", "alias_groups", "official_state_from_fixture"]
+__all__ = ["alias_groups", "fill_tensor", "filled_state", "official_state_from_fixture"]
 
 
 def _uniform(name: str, shape: Sequence[int]) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
     # float32 draws: ResNet-38 (~100M values) stays cheap to rebuild in a test.
-    return np.random.Generator(np.random.PCG64(seed)).random(tuple(shape), dtype=np.float32)  # [0, 1)
+    return np.random.Generator(np.random.PCG64(seed)).random(
+        tuple(shape), dtype=np.float32
+    )  # [0, 1)
 
 
 def fill_tensor(name: str, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
@@ -66,7 +68,9 @@ def alias_groups(state: Mapping[str, Tensor]) -> dict[str, str]:
     return out
 
 
-def filled_state(names_shapes: Iterable[tuple[str, Sequence[int], torch.dtype]]) -> dict[str, Tensor]:
+def filled_state(
+    names_shapes: Iterable[tuple[str, Sequence[int], torch.dtype]],
+) -> dict[str, Tensor]:
     """``{name: fill_tensor(name, shape, dtype)}`` for canonical (de-aliased) names."""
     return {name: fill_tensor(name, shape, dtype) for name, shape, dtype in names_shapes}
 

@@ -22,12 +22,26 @@ from torch import Tensor, nn
 
 from wsss.models.official.strict import CheckpointMismatchError, load_mapped
 
-__all__ = ["load_irn_cam", "load_irn"]
+__all__ = ["load_irn", "load_irn_cam"]
 
 # CAM net: stage1 = (conv1, bn1, relu, maxpool, layer1); IRNet: stage1 = (conv1, bn1, relu,
 # maxpool), stage2 = layer1. Index -> our backbone prefix.
-_CAM_STAGES = {"0.0": "stem.0", "0.1": "stem.1", "0.4": "layer1", "1.0": "layer2", "2.0": "layer3", "3.0": "layer4"}
-_IRN_STAGES = {"0.0": "stem.0", "0.1": "stem.1", "1.0": "layer1", "2.0": "layer2", "3.0": "layer3", "4.0": "layer4"}
+_CAM_STAGES = {
+    "0.0": "stem.0",
+    "0.1": "stem.1",
+    "0.4": "layer1",
+    "1.0": "layer2",
+    "2.0": "layer3",
+    "3.0": "layer4",
+}
+_IRN_STAGES = {
+    "0.0": "stem.0",
+    "0.1": "stem.1",
+    "1.0": "layer1",
+    "2.0": "layer2",
+    "3.0": "layer3",
+    "4.0": "layer4",
+}
 _RESNET = {"conv1": "stem.0", "bn1": "stem.1"}
 _LEVELS = ["stem", "layer1", "layer2", "layer3", "layer4"]
 
@@ -47,7 +61,9 @@ def _backbone_key(key: str, stages: dict[str, str]) -> str | None:
 def _check_undilated(module: nn.Module, fmt: str) -> None:
     layer4 = getattr(getattr(module, "backbone", None), "layer4", None)
     if layer4 is None:
-        raise CheckpointMismatchError(f"format {fmt!r} needs a ResNet-50 backbone (backbone.name=resnet50)")
+        raise CheckpointMismatchError(
+            f"format {fmt!r} needs a ResNet-50 backbone (backbone.name=resnet50)"
+        )
     dilations = {m.dilation for m in layer4.modules() if isinstance(m, nn.Conv2d)}
     if dilations != {(1, 1)}:
         raise CheckpointMismatchError(
@@ -89,7 +105,9 @@ def _irn_key(key: str) -> str | None:
 def load_irn(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
     """``res50_irn.pth`` -> IRNetModule(official=True) (ResNet-50, output stride 16, ``dilate=False``)."""
     if not getattr(module, "official", False):
-        raise CheckpointMismatchError("format 'irn' needs IRNetModule(official=True) (IRN's exact head)")
+        raise CheckpointMismatchError(
+            "format 'irn' needs IRNetModule(official=True) (IRN's exact head)"
+        )
     _check_undilated(module, "irn")
     return load_mapped(module, state, _irn_key, source=source, fmt="irn",
                        derived=[r"path_indices\d+", "disp_target"])  # fmt: skip

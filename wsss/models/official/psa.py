@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from wsss.models.official.strict import CheckpointMismatchError, load_mapped
 
-__all__ = ["load_psa_cls", "load_psa_aff"]
+__all__ = ["load_psa_aff", "load_psa_cls"]
 
 _AFF_HEAD = {"f8_3": "branches.0", "f8_4": "branches.1", "f8_5": "branches.2", "f9": "embed"}
 
@@ -37,7 +37,7 @@ def _trunk_key(key: str) -> str | None:
 def load_psa_cls(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
     """``res38_cls.pth`` -> CAMModule (ResNet-38)."""
     _check_resnet38(module, "psa")
-    rename = lambda key: "classifier.weight" if key == "fc8.weight" else _trunk_key(key)  # noqa: E731
+    rename = lambda key: "classifier.weight" if key == "fc8.weight" else _trunk_key(key)
     return load_mapped(module, state, rename, source=source, fmt="psa")
 
 

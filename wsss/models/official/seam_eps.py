@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from wsss.models.official.psa import _check_resnet38, _trunk_key
 from wsss.models.official.strict import load_mapped
 
-__all__ = ["load_seam", "load_eps"]
+__all__ = ["load_eps", "load_seam"]
 
 _SEAM_HEAD = {"fc8": "classifier", "f8_3": "pcm_proj.0", "f8_4": "pcm_proj.1", "f9": "pcm_fuse"}
 
@@ -36,5 +36,5 @@ def load_seam(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Mo
 def load_eps(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
     """EPS's released weights -> EPSModule (ResNet-38)."""
     _check_resnet38(module, "eps")
-    rename = lambda key: "classifier.weight" if key == "fc8.weight" else _trunk_key(key)  # noqa: E731
+    rename = lambda key: "classifier.weight" if key == "fc8.weight" else _trunk_key(key)
     return load_mapped(module, state, rename, source=source, fmt="eps")

@@ -54,14 +54,18 @@ def read_checkpoint(path: str | Path, fmt: str) -> dict[str, Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         kind = type(state).__name__
-        raise CheckpointMismatchError(f"{path}: expected a state dict (name -> tensor) for format {fmt!r}, got {kind}")
+        raise CheckpointMismatchError(
+            f"{path}: expected a state dict (name -> tensor) for format {fmt!r}, got {kind}"
+        )
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
 def _listing(title: str, items: list[str]) -> str:
-    shown = ", ".join(items[:_SHOW]) + (f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else "")
+    shown = ", ".join(items[:_SHOW]) + (
+        f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+    )
     return f"\n  {title} ({len(items)}): {shown}"
 
 

@@ -50,7 +50,9 @@ def _deeplab_pools(module: nn.Module, fmt: str) -> bool:
 def load_oaa(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
     """OAA's released classifier -> OAAModule (VGG-16, torchvision pools)."""
     if _deeplab_pools(module, "oaa"):
-        raise CheckpointMismatchError("format 'oaa': OAA's VGG-16 uses 2x2 pools; unset backbone.deeplab_pools")
+        raise CheckpointMismatchError(
+            "format 'oaa': OAA's VGG-16 uses 2x2 pools; unset backbone.deeplab_pools"
+        )
 
     def rename(key: str) -> str | None:
         m = re.fullmatch(r"extra_convs\.(\d+)\.(weight|bias)", key)
@@ -64,7 +66,9 @@ def load_oaa(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Mod
 def load_sec(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
     """SEC_pytorch's DeepLab-LargeFOV -> SECModule (VGG-16 with DeepLab pools)."""
     if not _deeplab_pools(module, "sec"):
-        raise CheckpointMismatchError("format 'sec': SEC's DeepLab-LargeFOV needs +backbone.deeplab_pools=true")
+        raise CheckpointMismatchError(
+            "format 'sec': SEC's DeepLab-LargeFOV needs +backbone.deeplab_pools=true"
+        )
 
     def rename(key: str) -> str | None:
         head = key.split(".", 1)[0]
