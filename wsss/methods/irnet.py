@@ -1,4 +1,4 @@
-"""IRNet (Ahn, Cho & Kwak 2019; METHODS.md 3.4): class boundaries + instance displacements.
+"""IRNet (Ahn, Cho & Kwak 2019; docs/methods.md, "IRNet"): class boundaries + instance displacements.
 
 A *frozen* backbone (every stage output detached, kept in eval mode) feeds two branches that
 both output at stride 4 (``freeze_backbone=False``, not IRN, fine-tunes the backbone too: IRN
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from wsss.functional.irn import irn_losses, irn_total_loss
 from wsss.methods.base import WSSSModule
-from wsss.models.backbones import build_backbone
+from wsss.models.backbones import create_backbone, levels_with_stride
 
 # IRN ResNet-50 channels per level, in backbone level order (stem, layer1..layer4).
 _BOUNDARY = 32
@@ -64,7 +64,8 @@ class IRNetModule(WSSSModule):
     ``forward(images) -> (boundary_logits (B, 1, h, w), displacement (B, 2, h, w))`` at stride 4.
 
     Args:
-        backbone: ``build_backbone`` kwargs (IRN: ImageNet ResNet-50, output stride 16).
+        backbone: ``cfg.backbone`` (IRN: ImageNet ResNet-50, output stride 16); every contract
+            level at stride >= 4 feeds both branches, at least one must be at stride 4.
         optimizer: Partial SGD; the boundary branch gets its lr, the displacement branch
             ``new_lr_mult`` times it (IRN: 0.1 / 1.0).
         official: IRN's exact head and resizing (see the module docstring); default False.
@@ -84,16 +85,18 @@ class IRNetModule(WSSSModule):
                  official: bool = False, pad_to: int | None = None) -> None:  # fmt: skip
         super().__init__(optimizer, new_lr_mult, poly_power)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
-        self.backbone = build_backbone(**backbone)
+        self.backbone = create_backbone(backbone)
         self.freeze_backbone = freeze_backbone
         for param in self.backbone.parameters():
             param.requires_grad_(not freeze_backbone)
         self.radius = radius
         width = width if width is not None else self.backbone.out_channels / 2048
-        self.levels = list(self.backbone.channels)
-        strides = self.backbone.strides
-        if min(strides.values()) != 4:
-            raise ValueError(f"IRNet needs a stride-4 backbone level, got strides {strides}")
+        # The backbone contract's levels at stride >= 4 (IRN: ResNet-50 stem, layer1..layer4;
+        # ResNet-38: b3, conv4, conv5, conv6; finer levels such as ResNet-38's b2 are not used).
+        strides = {name: stride for name, (_, stride) in self.backbone.levels.items() if stride >= 4}
+        self.levels = list(strides)
+        if not levels_with_stride(self.backbone, 4):
+            raise ValueError(f"IRNet needs a stride-4 backbone level, got levels {dict(self.backbone.levels)}")
         self.fine = [lv for lv in self.levels if strides[lv] == 4]
         self.coarse = [lv for lv in self.levels if strides[lv] > 4]
         if not self.coarse:

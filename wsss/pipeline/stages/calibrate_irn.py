@@ -1,4 +1,4 @@
-"""Stage `calibrate_irn`: IRN's displacement mean-shift (``train_irn.py`` end, METHODS.md 3.4).
+"""Stage `calibrate_irn`: IRN's displacement mean-shift (``train_irn.py`` end, docs/methods.md, "IRNet").
 
 Runs the trained IRNet (eval mode, mean shift reset to 0) over ``split`` and stores the mean
 displacement vector as ``mean_shift.npz`` (``mean`` (2,) float32, dy then dx); the label stages

@@ -1,4 +1,4 @@
-"""Stage `make_ins_seg_labels`: IRN instance pseudo labels (``make_ins_seg_labels.py``, METHODS 3.6).
+"""Stage `make_ins_seg_labels`: IRN instance pseudo labels (``make_ins_seg_labels.py``, docs/methods.md, "IRNet").
 
 Per image: displacement field -> centroids (300 steps) -> instance map (weak-displacement
 components, |D| < 2.5); class CAM x instance seeds walked on the boundary affinities (radius 5,

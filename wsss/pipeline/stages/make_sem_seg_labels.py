@@ -1,4 +1,4 @@
-"""Stage `make_sem_seg_labels`: IRN semantic pseudo labels (``make_sem_seg_labels.py``, METHODS 3.5).
+"""Stage `make_sem_seg_labels`: IRN semantic pseudo labels (``make_sem_seg_labels.py``, docs/methods.md, "IRNet").
 
 Per image: IRNet boundary ``B`` = sigmoid of the mean of the image's and the flipped-back flip's
 logits (stride 4); stride-4 CAMs (the full-resolution CAMs area-resized to the boundary grid and

@@ -1,4 +1,4 @@
-"""Stage `random_walk`: AffinityNet semantic pseudo labels (PSA ``infer_aff.py``, METHODS.md 2.5).
+"""Stage `random_walk`: AffinityNet semantic pseudo labels (PSA ``infer_aff.py``, docs/methods.md, "PSA / AffinityNet").
 
 Per image: AffinityNet embedding at stride ``s``; seeds [(1 - max CAM)^alpha (16), CAMs] at full
 resolution, zero-padded to the feature grid, ``s x s`` average-pooled; random walk with
