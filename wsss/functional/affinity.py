@@ -58,21 +58,37 @@ def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
     return list(_offsets(radius))
 
 
+SOURCES = ("all", "psa")
+
+
 def pair_valid_mask(
-    radius: int, height: int, width: int, device: torch.device | None = None
+    radius: int, height: int, width: int, device: torch.device | None = None, sources: str = "all"
 ) -> Tensor:
     """Which ``(offset, source)`` entries are real pairs, i.e. have their target inside the map.
+
+    ``sources="all"`` (default): every pixel is a source. ``sources="psa"``: only the sources PSA
+    and IRN index (``get_indices_of_pairs`` / ``PathIndex``), which drop the last ``r - 1`` rows
+    and the first and last ``r - 1`` columns, so every offset's target is inside the map; pixels
+    there still take part as targets. The default keeps those pairs, as the border pixels
+    otherwise have fewer neighbours in the walk; ``"psa"`` reproduces the official walks.
 
     Shape:
         - output: ``(P, h, w)`` bool
     """
+    if sources not in SOURCES:
+        raise ValueError(f"sources must be one of {SOURCES}, got {sources!r}")
     ys = torch.arange(height, device=device)
     xs = torch.arange(width, device=device)
+    pad = radius - 1
+    if sources == "psa":
+        src = (ys < height - pad)[:, None] & ((xs >= pad) & (xs < width - pad))[None, :]
+    else:
+        src = torch.ones(height, width, dtype=torch.bool, device=device)
     masks = []
     for dy, dx in _offsets(radius):
         row_ok = (ys + dy >= 0) & (ys + dy < height)
         col_ok = (xs + dx >= 0) & (xs + dx < width)
-        masks.append(row_ok[:, None] & col_ok[None, :])
+        masks.append(row_ok[:, None] & col_ok[None, :] & src)
     return torch.stack(masks)
 
 

@@ -51,7 +51,7 @@ def walk_scores(model: torch.nn.Module, item: dict, cams: torch.Tensor, floor: f
     a constant background to get the label)."""
     boundary, _ = model.edge_displacement(item["image"])
     scores = irn_semantic_scores(stride4_cams(floored(cams, floor), tuple(boundary.shape)), boundary,
-                                 p.radius, p.beta, p.exp_times)  # fmt: skip
+                                 p.radius, p.beta, p.exp_times, p.get("sources", "all"))  # fmt: skip
     return upsample_scores(scores, item["size"], STRIDE)
 
 

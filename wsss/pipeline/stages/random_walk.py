@@ -59,7 +59,7 @@ def _run(ctx: StageContext) -> dict:
         features = model(item["image"][None].to(next(model.parameters()).device))[0].cpu()
         grid = tuple(features.shape[-2:])
         walk = random_walk_from_features(pool_to_grid(seeds, grid, stride), features,
-                                         p.radius, p.beta, p.logt)  # fmt: skip
+                                         p.radius, p.beta, p.logt, p.get("sources", "all"))  # fmt: skip
         label = lut[upsample_scores(walk, size, stride).argmax(0)].numpy().astype(np.uint8)
         save_label_png(ctx.out_dir / "labels" / f"{name}.png", label)
         walked.update(name, label)
