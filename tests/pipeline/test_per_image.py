@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 
 from wsss.io import save_label_png, save_npz
-from wsss.pipeline.per_image import done_label, done_npz, pending, reduce_sum, shard, valid_npz, valid_png
+from wsss.pipeline.per_image import (
+    done_label,
+    done_npz,
+    pending,
+    reduce_sum,
+    shard,
+    valid_npz,
+    valid_png,
+)
 
 
 def test_done_outputs_are_read_back_and_broken_ones_are_not(tmp_path: Path) -> None:

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from wsss.data.labels import IGNORE
 from wsss.functional.crf import dense_crf
 from wsss.io import load_label_png, save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
+from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics, world_size
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source, with_gt
@@ -90,7 +90,7 @@ def run(ctx: StageContext) -> dict:
     sync = world_size() > 1
     metrics = {"plain": SegmentationMetric(n, sync=sync), "crf": SegmentationMetric(n, sync=sync)}
     ignored = {"plain": [0, 0], "crf": [0, 0]}
-    for item in tqdm(loader, total=len(job), desc="make_pseudo_labels"):
+    for item in progress(loader, desc="make_pseudo_labels"):
         for kind in ("plain", "crf"):
             if kind not in item:
                 continue
