@@ -68,6 +68,7 @@ class ViTBackbone(nn.Module):
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         if h < 1 or w < 1:
             raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch")
+        x = x[..., : h * self.patch_size, : w * self.patch_size]  # whole patches (timm asserts it)
         t = m.patch_embed(x)
         t = m._pos_embed(t)
         t = m.patch_drop(t)
