@@ -26,7 +26,9 @@ def build_clip(name: str = "ViT-B-16", weights: str | None = "openai", model_cfg
     if model_cfg is not None:
         if weights not in (None, "none"):
             raise ValueError("clip.model_cfg builds a randomly initialised model; set clip.weights=null")
-        cfg = dict(model_cfg)
+        from omegaconf import DictConfig, OmegaConf
+
+        cfg = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
         cfg.setdefault("quick_gelu", quick_gelu)
         return open_clip.CLIP(**cfg).eval()
     if weights in (None, "none"):
