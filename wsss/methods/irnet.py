@@ -144,3 +144,41 @@ class IRNetModule(WSSSModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=size)
         return loss
+
+    @torch.no_grad()
+    def edge_displacement(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """IRN ``EdgeDisplacement`` inference of one image: boundary probabilities ``(h, w)`` from
+        the flip-averaged logits and the displacement ``(2, h, w)`` of the unflipped image (mean
+        shift applied in eval mode), both on the CPU.
+
+        Shape:
+            - image: ``(3, H, W)`` normalised
+        """
+        batch = torch.stack([image, image.flip(-1)]).to(self.mean_shift.device)
+        logits, displacement = self(batch)
+        boundary = torch.sigmoid((logits[0, 0] + logits[1, 0].flip(-1)) / 2)
+        return boundary.cpu(), displacement[0].cpu()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Per image of a batch: ``{name, boundary (h, w), displacement (2, h, w)}`` (CPU)."""
+        out = []
+        for i, name in enumerate(batch["name"]):
+            boundary, displacement = self.edge_displacement(batch["image"][i])
+            out.append({"name": name, "boundary": boundary, "displacement": displacement})
+        return out
+
+
+@torch.no_grad()
+def mean_displacement(model: IRNetModule, images) -> Tensor:
+    """Mean raw displacement ``(2,)`` of ``model`` over an iterable of ``(1, 3, H, W)`` images
+    (IRN's mean-shift calibration: eval mode, the stored mean shift reset to 0)."""
+    model.eval()
+    model.mean_shift.zero_()
+    device = model.mean_shift.device
+    means = []
+    for image in images:
+        _, displacement = model(image.to(device))
+        means.append(displacement.mean(dim=(0, 2, 3)).cpu())
+    if not means:
+        raise ValueError("calibrate_irn: no images to average over")
+    return torch.stack(means).mean(dim=0)
