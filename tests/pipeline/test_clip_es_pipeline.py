@@ -19,7 +19,7 @@ TINY_CLIP = {
 
 @pytest.mark.slow
 def test_clip_es_chain(tiny_cfg, tmp_path) -> None:
-    cfg = tiny_cfg("pipeline=clip_es", "stages.make_cam.clip.weights=null", "stages.train_seg.init_from=null")
+    cfg = tiny_cfg("pipeline=clip_es", "stages.make_cam.clip.weights=null", "stages.train_seg.reads.init=null")
     OmegaConf.update(cfg, "stages.make_cam.clip.model_cfg", TINY_CLIP, force_add=True)
     run_dir = tmp_path / "run"
     results = run_pipeline(cfg, run_dir)

@@ -20,6 +20,7 @@ from wsss.functional.clip_es import background_score, confidence_guided_label
 from wsss.functional.crf import dense_crf
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
+from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source, with_gt
 
@@ -46,7 +47,7 @@ class _CGLJob(Dataset):
 def run(ctx: StageContext) -> dict:
     p, proto = ctx.params, ctx.cfg.protocol
     cams_stage = ctx.read("cams")
-    cam_dir = cams_stage / read_metrics(cams_stage)["cam_dir"]
+    cam_dir = cam_dir_of(cams_stage)
     crf = OmegaConf.to_container(p.crf_params, resolve=True) if p.crf else None
     ids = source(ctx, p.split).ids
     job = _CGLJob(ids, cam_dir, source(ctx, p.split), ctx.out_dir, p.bg_power, p.confidence, crf)
