@@ -20,26 +20,21 @@ DILATIONS = (1, 2, 4, 8, 12, 24)
 _OFFSETS = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]
 
 
-def _neighbour_kernel(device: torch.device, dtype: torch.dtype) -> Tensor:
-    kernel = torch.zeros(8, 1, 3, 3, device=device, dtype=dtype)
-    for index, (i, j) in enumerate(_OFFSETS):
-        kernel[index, 0, i, j] = 1
-    return kernel
-
-
 def dilated_neighbours(x: Tensor, dilations: Sequence[int]) -> Tensor:
-    """The 8 neighbours at each dilation (replicate padding).
+    """The 8 neighbours at each dilation, clamped at the border (replicate padding).
 
     Shape:
         x: (B, C, H, W) -> (B, C, 8 * len(dilations), H, W)
     """
-    b, c, h, w = x.shape
-    kernel = _neighbour_kernel(x.device, x.dtype)
+    h, w = x.shape[-2:]
+    pad = max(dilations)
+    padded = F.pad(x, [pad] * 4, mode="replicate")  # clamping once serves every dilation
     out = []
     for d in dilations:
-        padded = F.pad(x, [d] * 4, mode="replicate").reshape(b * c, 1, h + 2 * d, w + 2 * d)
-        out.append(F.conv2d(padded, kernel, dilation=d).view(b, c, 8, h, w))
-    return torch.cat(out, dim=2)
+        for i, j in _OFFSETS:
+            y0, x0 = pad + (i - 1) * d, pad + (j - 1) * d
+            out.append(padded[..., y0:y0 + h, x0:x0 + w])
+    return torch.stack(out, dim=2)
 
 
 def par_affinity(images: Tensor, dilations: Sequence[int] = DILATIONS, w1: float = 0.3,

@@ -182,18 +182,27 @@ def refine_cams_with_bkg(images: Tensor, cams: Tensor, labels: Tensor, high_thre
     b, _, h, w = images.shape
     small = (h // down_scale, w // down_scale)
     images_small = F.interpolate(images, size=small, mode="bilinear", align_corners=False)
-    keys_all = torch.cat([labels.new_ones(b, 1), labels], dim=1)
-    results = []
+    present = torch.cat([labels.new_ones(b, 1), labels], dim=1) > 0  # background always
+    probs = []
     for bkg in (high_thre, low_thre):
         scores = torch.cat([cams.new_full((b, 1, h, w), bkg), cams], dim=1)
         scores = F.interpolate(scores, size=small, mode="bilinear", align_corners=False)
-        out = torch.full((b, h, w), ignore_index, dtype=torch.long, device=cams.device)
-        for i in range(b):
-            keys = keys_all[i].nonzero()[:, 0]
-            probs = scores[i:i + 1, keys].softmax(dim=1)
-            refined = par_refine(images_small[i:i + 1], probs, dilations, num_iter)
-            refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
-            out[i] = keys[refined.argmax(dim=1)[0]]
+        # softmax over the image's classes only (absent classes get probability 0)
+        probs.append(scores.masked_fill(~present[:, :, None, None], float("-inf")).softmax(dim=1))
+    # PAR is linear per channel: both background levels of an image go through one call, over
+    # the image's classes only (absent channels would cost time and stay zero).
+    both = torch.cat(probs, dim=1)
+    keep = torch.cat([present, present], dim=1)
+    labels_out = torch.full((2, b, h, w), ignore_index, dtype=torch.long, device=cams.device)
+    for i in range(b):
+        index = keep[i].nonzero()[:, 0]
+        refined = par_refine(images_small[i:i + 1], both[i:i + 1, index], dilations, num_iter)
+        refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)[0]
+        k = len(index) // 2
+        for level, (part, keys) in enumerate(((refined[:k], index[:k]), (refined[k:], index[k:] - present.shape[1]))):
+            labels_out[level, i] = keys[part.argmax(dim=0)]
+    results = []
+    for out in labels_out:
         if valid is not None:
             out = out.masked_fill(~valid, ignore_index)
         results.append(out)
