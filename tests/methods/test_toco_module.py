@@ -9,13 +9,13 @@ import torch
 
 from wsss.methods.toco import ProjectionHead, ToCoModule, warmup_poly_lambda
 
-BACKBONE = dict(name="custom", model_kwargs=dict(patch_size=16, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0),
-                aux_layers=[0])
+BACKBONE = {"name": "custom", "model_kwargs": {"patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0},
+                "aux_layers": [0]}
 
 
 def _module(**kw) -> ToCoModule:
-    args = dict(proj_dim=32, proj_hidden_dim=32, proj_bottleneck_dim=16, decoder_width=16, local_crop_size=32,
-                num_local_crops=2, cam_scales=[1.0, 0.5], par_iters=2, seg_start_step=-1)
+    args = {"proj_dim": 32, "proj_hidden_dim": 32, "proj_bottleneck_dim": 16, "decoder_width": 16, "local_crop_size": 32,
+                "num_local_crops": 2, "cam_scales": [1.0, 0.5], "par_iters": 2, "seg_start_step": -1}
     args.update(kw)
     module = ToCoModule(BACKBONE, 3, partial(torch.optim.AdamW, lr=1e-3), **args)
     module.log = lambda *a, **k: None

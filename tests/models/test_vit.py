@@ -7,7 +7,7 @@ import torch
 
 from wsss.models.vit import build_vit
 
-TINY = dict(name="custom", model_kwargs=dict(patch_size=16, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0))
+TINY = {"name": "custom", "model_kwargs": {"patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}}
 
 
 def test_levels_are_stride_16_patch_grids_with_class_token() -> None:

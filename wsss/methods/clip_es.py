@@ -143,7 +143,7 @@ class ClipES(nn.Module):
 
     def _pos_embed(self, h: int, w: int) -> Tensor:
         pos = self.clip.visual.positional_embedding
-        grid = int(round((len(pos) - 1) ** 0.5))
+        grid = round((len(pos) - 1) ** 0.5)
         patches = pos[1:].T.reshape(1, -1, grid, grid)
         if (h, w) != (grid, grid):
             patches = F.interpolate(patches, size=(h, w), mode="bilinear", align_corners=False)
