@@ -87,7 +87,7 @@ def test_small_recipe_runs_on_any_data_root_without_other_overrides() -> None:
     for cfg in (default, user):
         assert cfg.backbone.weights is None
         assert (cfg.stages.train_cls.crop_size, cfg.stages.train_cls.max_epochs) == (112, 16)
-        assert cfg.stages.train_seg.init_from == "train_cls"
+        assert cfg.stages.train_seg.reads.init == "train_cls"
 
 
 if __name__ == "__main__":
