@@ -20,14 +20,18 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from wsss.pipeline.preflight import preflight
-    from wsss.pipeline.runner import run_pipeline
+    from wsss.pipeline.validate import before_any_stage
 
     # The `lightning` package logger has its own console handler and also propagates to Hydra's
     # root handlers (console + train.log), so every Lightning line was printed twice.
     if logging.getLogger().handlers:
         logging.getLogger("lightning").handlers.clear()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     preflight(cfg)  # the whole composition, before any stage runs
-    results = run_pipeline(cfg, Path(HydraConfig.get().runtime.output_dir))
+    before_any_stage(cfg, run_dir)  # run-dir lock, config values, data check (wsss.pipeline.validate)
+    from wsss.pipeline.runner import run_pipeline
+
+    results = run_pipeline(cfg, run_dir)
     return objective(cfg, results)
 
 

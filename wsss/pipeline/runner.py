@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from wsss import perf
 from wsss.io import CorruptArtifactError, read_json, write_json
 from wsss.pipeline import wandb_dashboard
 from wsss.pipeline.context import (
@@ -103,6 +104,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
     that do not fit stop the run with the differing keys unless ``pipeline.reuse=force``), and
     each stage to run gets its module's ``preflight(ctx)`` called, if it has one."""
     L.seed_everything(cfg.seed, workers=True)
+    perf.configure(cfg.get("perf"))
     check_num_classes(cfg)
     pipe = cfg.pipeline
     unknown = [s for s in (pipe.only or []) if s not in pipe.order]

@@ -21,6 +21,7 @@ import torch
 from wsss.functional.irn import instance_masks_from_walk, instances_from_displacement
 from wsss.io import save_npz
 from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from_semantic
+from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, stage_images, with_gt
@@ -63,7 +64,7 @@ def _run(ctx: StageContext) -> dict:
     dataset = stage_images(ctx, [p.split], include_holdout=False)
     preds: dict[str, list] = {"masks": [], "classes": [], "scores": [], "gt_masks": [], "gt_classes": []}
     gt_kinds, num_instances = set(), 0
-    for index in tqdm(range(len(dataset)), desc="make_ins_seg_labels"):
+    for index in progress(range(len(dataset)), desc="make_ins_seg_labels"):
         item = dataset[index]
         name, size = item["name"], item["size"]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
