@@ -61,3 +61,22 @@ def tiny_cfg(synthetic_root: Path, tmp_path: Path):
         return cfg
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished CAM-baseline run on the session tree (classifier, CAMs, pseudo-labels,
+    DeepLab, eval), shared read-only by the W&B, sweep, notebook, predict and export tests."""
+    from wsss.pipeline.runner import run_pipeline
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    cfg = compose_cfg([f"data.synthetic.root={synthetic_root}", f"paths.log_dir={base}/logs",
+                       "stages.eval_seg.crf=false"])
+    run_dir = base / "run"
+    run_pipeline(cfg, run_dir)
+    # What `python train.py` leaves next to the stages: the composed config (read by predict).
+    from omegaconf import OmegaConf
+
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return run_dir

@@ -12,13 +12,13 @@ TINY = {"name": "custom", "model_kwargs": {"patch_size": 16, "embed_dim": 64, "d
 
 def test_levels_are_stride_16_patch_grids_with_class_token() -> None:
     net = build_vit(**TINY, aux_layers=[-2]).eval()
-    assert net.levels == {"tokens": (64, 16), "block0": (64, 16)}
+    assert list(net.levels.items()) == [("block0", (64, 16)), ("tokens", (64, 16))]  # shallow first
     assert net.last == "tokens" and net.out_channels == 64
     out = net(torch.randn(2, 3, 64, 96))
     assert out["tokens"].shape == (2, 64, 4, 6) and out["block0"].shape == (2, 64, 4, 6)
     assert out["cls"].shape == (2, 64)
-    # Any input size: position embeddings are interpolated, sides floored to whole patches.
-    assert net(torch.randn(1, 3, 50, 130))["tokens"].shape == (1, 64, 3, 8)
+    # Any input size: position embeddings are interpolated, the image padded to whole patches.
+    assert net(torch.randn(1, 3, 50, 130))["tokens"].shape == (1, 64, 4, 9)
 
 
 def test_final_tokens_are_layer_normed_and_aux_tokens_are_raw() -> None:

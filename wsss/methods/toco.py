@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics.classification import MultilabelAveragePrecision
 from torchvision.transforms import v2
 
 from wsss.functional import toco as T
 from wsss.methods.base import WSSSModule
+from wsss.models.backbones import create_backbone
 
 
 class LargeFOV(nn.Module):
@@ -71,16 +71,6 @@ class ProjectionHead(nn.Module):
         return F.linear(x, F.normalize(self.last, dim=1))
 
 
-def _build_backbone(backbone) -> nn.Module:
-    if isinstance(backbone, nn.Module):
-        return backbone
-    if "_target_" in backbone:
-        return instantiate(backbone)
-    from wsss.models.vit import build_vit
-
-    return build_vit(**backbone)
-
-
 def warmup_poly_lambda(warmup_steps: int, total_steps: int, warmup_ratio: float, power: float) -> Callable[[int], float]:
     """ToCo's PolyWarmupAdamW: linear warmup from ``warmup_ratio`` x lr, then (1 - t/T)^power."""
 
@@ -103,9 +93,8 @@ class ToCoModule(WSSSModule):
                  decoder_width: int = 512, par_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
                  par_iters: int = 10) -> None:
         super().__init__(optimizer, new_lr_mult, poly_power)
-        self.save_hyperparameters(ignore=["optimizer"] + (["backbone"] if isinstance(backbone, nn.Module) else []),
-                                  logger=False)
-        self.backbone = _build_backbone(backbone)
+        self.save_hyperparameters(ignore=["optimizer", "backbone"], logger=False)
+        self.backbone = create_backbone(backbone)
         aux = [k for k in self.backbone.channels if k != self.backbone.last]
         if not aux:
             raise ValueError("ToCo needs an intermediate ViT level for its auxiliary CAM: set backbone.aux_layers "

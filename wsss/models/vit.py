@@ -8,7 +8,9 @@
 - ``cls``: the final class token (B, D) (not a spatial level: absent from ``channels``/``strides``).
 
 Position embeddings are interpolated to the input size (timm ``dynamic_img_size``), so any image
-size works; sides are floored to a multiple of the patch size.
+size works; the image is zero-padded (bottom/right) to whole patches, so levels are
+``ceil(H / 16) x ceil(W / 16)`` as the contract says. Built from ``conf/backbone/vit_*.yaml`` as a
+partial (``_partial_: true``) that methods call through ``create_backbone``.
 Weights: ``null`` (random), ``timm`` / ``imagenet`` (timm's release through its Hugging Face cache;
 offline it fails with what to download and where) or a path to a state dict.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ class ViTBackbone(nn.Module):
         self.embed_dim = int(model.embed_dim)
         patch = model.patch_embed.patch_size
         self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-        names = ["tokens"] + [f"block{i}" for i in self.aux_layers]
+        names = [f"block{i}" for i in self.aux_layers] + ["tokens"]  # shallow first
         self.channels = dict.fromkeys(names, self.embed_dim)
         self.strides = dict.fromkeys(names, self.patch_size)
         self.out_channels = self.embed_dim
@@ -65,10 +68,10 @@ class ViTBackbone(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """(B, 3, H, W) -> {tokens / block<i>: (B, D, H//16, W//16), cls: (B, D)}."""
         m = self.model
-        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-        if h < 1 or w < 1:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch")
-        x = x[..., : h * self.patch_size, : w * self.patch_size]  # whole patches (timm asserts it)
+        p = self.patch_size
+        h, w = -(-x.shape[-2] // p), -(-x.shape[-1] // p)  # ceil: the contract's level size
+        if (h * p, w * p) != tuple(x.shape[-2:]):  # zero padding = the mean colour once normalised
+            x = F.pad(x, [0, w * p - x.shape[-1], 0, h * p - x.shape[-2]])
         t = m.patch_embed(x)
         t = m._pos_embed(t)
         t = m.patch_drop(t)

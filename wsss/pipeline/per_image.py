@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
+
+from wsss.parallel import map_per_image
 
 
 class PerImage(Dataset):
@@ -33,9 +34,7 @@ def _as_is(item: dict) -> dict:
 
 
 def run_per_image(ids: list[str], work: Callable[[str], dict], num_workers: int, desc: str) -> Iterable[dict]:
-    loader = DataLoader(PerImage(ids, work), batch_size=None, num_workers=num_workers,
-                        collate_fn=_as_is)
-    yield from tqdm(loader, total=len(ids), desc=desc)
+    yield from map_per_image(work, ids, num_workers, desc)
 
 
 def valid_npz(path: Path, keys: Sequence[str] = ()) -> bool:

@@ -18,7 +18,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from wsss import perf
 from wsss.io import CorruptArtifactError, read_json, write_json
+from wsss.pipeline import wandb_dashboard
 from wsss.pipeline.context import (
     CKPT_DIR,
     REUSED_FILE,
@@ -56,14 +58,10 @@ def make_loggers(cfg: DictConfig, stage: str, run_dir: Path) -> list[Logger]:
     for node in (cfg.get("logger") or {}).values():
         if node is None:
             continue
-        target = node["_target_"]
-        extra: dict[str, Any] = {"save_dir": str(run_dir / "stages" / stage)}
-        if target.endswith("WandbLogger"):
-            extra.update(name=f"{run_dir.name}/{stage}", group=str(run_dir.name), job_type=stage,
-                         save_dir=str(run_dir))
-        else:
-            extra.update(name="csv", version="")
-        loggers.append(instantiate(node, **extra))
+        if wandb_dashboard.is_wandb(node):  # config, group, tags: see wandb_dashboard
+            loggers.append(wandb_dashboard.build_logger(cfg, stage, run_dir, node))
+            continue
+        loggers.append(instantiate(node, save_dir=str(run_dir / "stages" / stage), name="csv", version=""))
     return loggers
 
 
@@ -106,6 +104,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
     that do not fit stop the run with the differing keys unless ``pipeline.reuse=force``), and
     each stage to run gets its module's ``preflight(ctx)`` called, if it has one."""
     L.seed_everything(cfg.seed, workers=True)
+    perf.configure(cfg.get("perf"))
     check_num_classes(cfg)
     pipe = cfg.pipeline
     unknown = [s for s in (pipe.only or []) if s not in pipe.order]
@@ -155,6 +154,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
             # Every scalar a stage reports also reaches its loggers (CSV / W&B summary).
             ctx.log_metrics({k: v for k, v in metrics.items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            wandb_dashboard.log_stage(ctx, metrics)  # summary, tables, masks, artifacts
         finally:
             _close(ctx.loggers)
         if all_ranks:

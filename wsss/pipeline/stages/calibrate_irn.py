@@ -1,4 +1,4 @@
-"""Stage `calibrate_irn`: IRN's displacement mean-shift (``train_irn.py`` end, METHODS.md 3.4).
+"""Stage `calibrate_irn`: IRN's displacement mean-shift (``train_irn.py`` end, docs/methods.md, "IRNet").
 
 Runs the trained IRNet (eval mode, mean shift reset to 0) over ``split`` and stores the mean
 displacement vector as ``mean_shift.npz`` (``mean`` (2,) float32, dy then dx); the label stages
@@ -9,13 +9,13 @@ per-batch means of top-left 512 crops of train.txt; here each full image counts 
 from __future__ import annotations
 
 import numpy as np
-from tqdm import tqdm
 
 from wsss.io import save_npz
 from wsss.methods.irnet import mean_displacement
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import stage_images
 from wsss.pipeline.models import SHIFT_FILE, load_stage_model, torch_threads
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 __all__ = ["SHIFT_FILE", "mean_displacement", "run"]
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from wsss.functional.crf import dense_crf
 from wsss.functional.segmentation import multiscale_probs
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
+from wsss.parallel import progress
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import eval_ids, load_rgb, no_gt_note, source, stage_images
 from wsss.pipeline.models import load_stage_model
 from wsss.pipeline.visualize import cam_panel, publish
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def run(ctx: StageContext) -> dict:
@@ -38,7 +39,7 @@ def run(ctx: StageContext) -> dict:
     metrics = {kind: SegmentationMetric(n) for kind in kinds}
     crf_params = OmegaConf.to_container(p.crf_params, resolve=True)
     panels: list = []
-    for index in tqdm(range(len(dataset)), desc="eval_seg"):
+    for index in progress(range(len(dataset)), desc="eval_seg"):
         item = dataset[index]
         name, image = item["name"], item["image"][None].to(device)
         gt = torch.from_numpy(gt_src.load_mask(name).astype(np.int64)) if gt_src.has_mask(name) else None

@@ -1,4 +1,4 @@
-"""Stage `make_affinity_labels`: PSA affinity labels from CAMs (METHODS.md 2.3), one PNG per image.
+"""Stage `make_affinity_labels`: PSA affinity labels from CAMs (docs/methods.md, "PSA / AffinityNet"), one PNG per image.
 
 For each image of ``split`` the present-class CAMs get a background ``(1 - max)^alpha`` twice,
 with the low (4) and high (32) alpha, and each score stack goes through the PSA soft dense CRF.

@@ -1,4 +1,4 @@
-"""Stage `make_ir_labels`: IRN inter-pixel relation labels from CAMs (METHODS.md 3.3).
+"""Stage `make_ir_labels`: IRN inter-pixel relation labels from CAMs (docs/methods.md, "IRNet").
 
 Per image: argmax of [fg_threshold (0.30), CAMs] and of [bg_threshold (0.05), CAMs], each
 refined by IRN's label dense CRF (unary from labels, gt_prob 0.7, bilateral 50/5/10). Foreground

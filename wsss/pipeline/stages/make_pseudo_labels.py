@@ -13,15 +13,16 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from wsss.data.labels import IGNORE
 from wsss.functional.crf import dense_crf
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
+from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source, with_gt
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def scores_to_label(scores: np.ndarray, keys: np.ndarray, margin: float) -> np.ndarray:
@@ -74,7 +75,7 @@ def run(ctx: StageContext) -> dict:
     n = ctx.cfg.data.num_classes + 1
     metrics = {"plain": SegmentationMetric(n), "crf": SegmentationMetric(n)}
     ignored = {"plain": [0, 0], "crf": [0, 0]}
-    for item in tqdm(loader, total=len(job), desc="make_pseudo_labels"):
+    for item in progress(loader, desc="make_pseudo_labels"):
         for kind in ("plain", "crf"):
             if kind not in item:
                 continue

@@ -1,4 +1,4 @@
-"""Stage `random_walk`: AffinityNet semantic pseudo labels (PSA ``infer_aff.py``, METHODS.md 2.5).
+"""Stage `random_walk`: AffinityNet semantic pseudo labels (PSA ``infer_aff.py``, docs/methods.md, "PSA / AffinityNet").
 
 Per image: AffinityNet embedding at stride ``s``; seeds [(1 - max CAM)^alpha (16), CAMs] at full
 resolution, zero-padded to the feature grid, ``s x s`` average-pooled; random walk with
@@ -12,16 +12,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from wsss.functional.cam import background_power
 from wsss.functional.random_walk import random_walk_from_features, upsample_scores
 from wsss.io import load_npz, save_label_png
+from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import cam_file, stage_images
 from wsss.pipeline.models import load_stage_model, torch_threads
 from wsss.pipeline.scoring import LabelScore, cam_baseline
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def pool_to_grid(scores: torch.Tensor, grid: tuple[int, int], stride: int) -> torch.Tensor:
@@ -49,7 +50,7 @@ def _run(ctx: StageContext) -> dict:
     cam_dir = cam_dir_of(ctx.read("cams"))
     dataset = stage_images(ctx, [p.split], include_holdout=False)
     walked, seeded = LabelScore(ctx), LabelScore(ctx)
-    for index in tqdm(range(len(dataset)), desc="random_walk"):
+    for index in progress(range(len(dataset)), desc="random_walk"):
         item = dataset[index]
         name, size = item["name"], item["size"]
         arrays = load_npz(cam_file(cam_dir, name))
@@ -58,7 +59,7 @@ def _run(ctx: StageContext) -> dict:
         features = model(item["image"][None].to(next(model.parameters()).device))[0].cpu()
         grid = tuple(features.shape[-2:])
         walk = random_walk_from_features(pool_to_grid(seeds, grid, stride), features,
-                                         p.radius, p.beta, p.logt)  # fmt: skip
+                                         p.radius, p.beta, p.logt, p.get("sources", "all"))  # fmt: skip
         label = lut[upsample_scores(walk, size, stride).argmax(0)].numpy().astype(np.uint8)
         save_label_png(ctx.out_dir / "labels" / f"{name}.png", label)
         walked.update(name, label)

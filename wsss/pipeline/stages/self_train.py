@@ -26,7 +26,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from wsss.data.datasets import collate_single
 from wsss.data.labels import IGNORE
@@ -39,6 +38,7 @@ from wsss.pipeline.artifacts import label_dir
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
 from wsss.pipeline.image_sets import eval_ids, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.models import init_from
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
 
