@@ -34,8 +34,8 @@ def test_compatible_compositions_pass(overrides: list[str]) -> None:
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["pipeline=oaa", "method=cam"], ["stages.make_cam", "method.accumulate=True", "method=oaa"]),
-    (["pipeline=oaa_iam", "method=cam"], ["stages.train_iam", "method.accumulate=True", "method=oaa_iam"]),
+    (["pipeline=oaa", "method=cam"], ["stages.make_cam", "method.accumulate=true", "method=oaa"]),
+    (["pipeline=oaa_iam", "method=cam"], ["stages.train_iam", "method.accumulate=true", "method=oaa_iam"]),
     (["backbone=vgg16", "backbone.output_stride=16"],  # the classifier and DeepLab both fail to build
      ["method (wsss.methods.cam.CAMModule)", "backbone.output_stride for vgg16 must be 8", "stages.train_seg.module"]),
     (["backbone.weights=/nonexistent/w.pth"], ["backbone.weights=/nonexistent/w.pth", "no such file"]),
@@ -80,5 +80,5 @@ def test_train_py_stops_before_any_stage(tmp_path: Path) -> None:
                            f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode != 0
-    assert "method.accumulate=True" in done.stderr and "method=oaa" in done.stderr
+    assert "method.accumulate=true" in done.stderr and "method=oaa" in done.stderr
     assert not (tmp_path / "run" / "stages").exists()

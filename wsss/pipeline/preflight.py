@@ -121,8 +121,12 @@ def _requirements(cfg: DictConfig) -> list[str]:
             actual = _get(cfg, req.key, "<unset>")
             if actual != req.value:
                 problems.append(f"stages.{name} ({cfg.stages[name]._target_.rsplit('.', 2)[-2]}) needs "
-                                f"{req.key}={req.value}, got {actual}: {req.fix}")  # fmt: skip
+                                f"{req.key}={_yaml(req.value)}, got {_yaml(actual)}: {req.fix}")  # fmt: skip
     return problems
+
+
+def _yaml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
 
 
 def _weights(cfg: DictConfig) -> list[str]:
