@@ -496,10 +496,17 @@ def main() -> None:
         t0 = time.perf_counter()
         new_rows = BENCHES[name](args)
         for r in new_rows:
+            mem = "".join(f", {k} +{r[m]:.1f} MiB" for k, m in (("reference", "ref_mem"),
+                          ("wsss", "new_mem")) if r[m] is not None)  # fmt: skip
             print(f"{r['figure']}: reference {fmt_s(r['ref_s'])}, wsss {fmt_s(r['new_s'])}, "
-                  f"ratio {r['ratio']:.3f}  {r['check']}", flush=True)  # fmt: skip
+                  f"ratio {r['ratio']:.3f}{mem}  {r['check']}", flush=True)  # fmt: skip
         rows += new_rows
         print(f"  [{name}: {time.perf_counter() - t0:.0f} s]", flush=True)
+        text = write_table(args, rows, load, start)  # after every benchmark: a partial table
+    print("\n" + text)
+
+
+def write_table(args, rows: list[dict], load: float, start: float) -> str:
     from wsss.parallel import available_cores
 
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -511,7 +518,7 @@ def main() -> None:
     text = markdown(rows, header)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    print("\n" + text)
+    return text
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
 * :func:`map_per_image` — ``fn(item)`` over items in worker processes, streamed in order with
   bounded memory (each worker holds at most ``prefetch`` finished results), each worker pinned to
   one torch thread so ``workers x threads`` never exceeds the cores.
-* :func:`progress` — the progress bar every per-image loop uses: images/s, and a log line with
-  the throughput at the end.
+* :func:`progress` — the progress bar every per-image loop uses: images/s (``wsss.progress``
+  policy: a live bar on a terminal, periodic plain lines in logs), and a log line with the
+  throughput at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
+
+from wsss.progress import tqdm  # live bar on a TTY, periodic plain lines otherwise
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import compose_cfg
 from wsss.models.official.fill import official_state_from_fixture
 from wsss.pipeline.runner import run_pipeline
 
@@ -57,8 +58,6 @@ def test_irn_release_runs_through_our_stages(tiny_cfg, tmp_path) -> None:
 def test_psa_release_composes_psa_networks_and_walk() -> None:
     from hydra.utils import instantiate
 
-    from tests.conftest import compose_cfg
-
     cfg = compose_cfg(
         [
             "experiment=psa_release",
@@ -71,3 +70,25 @@ def test_psa_release_composes_psa_networks_and_walk() -> None:
     assert cfg.stages.train_cls.checkpoint_format == "psa"
     module = instantiate(cfg.stages.train_affinity.module)
     assert module.levels == ["conv4", "conv5", "conv6"] and module.stride == 8
+
+
+def test_train_sec_loads_the_sec_release_instead_of_training(tmp_path) -> None:
+    from wsss.pipeline.context import StageContext
+    from wsss.pipeline.stages import train_sec
+
+    path = release(tmp_path, "sec")
+    cfg = compose_cfg(
+        [
+            "experiment=sec",
+            "+backbone.deeplab_pools=true", "backbone.weights=null",
+            f"stages.train_sec.from_checkpoint={path}",
+            "stages.train_sec.checkpoint_format=sec",
+            "stages.train_sec.reads.cues=null",
+        ],
+        tiny=False,
+    )
+    metrics = train_sec.run(StageContext(cfg, "train_sec", tmp_path / "run"))
+    assert metrics["checkpoint_format"] == "sec" and metrics["epochs"] == 0
+    saved = torch.load(tmp_path / "run/stages/train_sec/model.pt", weights_only=True)
+    expected = official_state_from_fixture(dict(np.load(FIXTURES / "sec.npz")))
+    torch.testing.assert_close(saved["head.fc8.weight"], expected["fc8.weight"])

@@ -4,7 +4,7 @@ One W&B run per stage (``conf/logger/wandb.yaml``). This module decides
 
 - how the run is named and filed: ``group`` = the run directory relative to its parent
   (``runs/<time>`` or ``<multirun time>/<job>``, unique across sweeps), ``job_type`` = the stage,
-  ``tags`` = method / backbone / data / pipeline, ``config`` = the whole resolved config with
+  ``tags`` = method / backbone / data / pipeline / recipe, ``config`` = the whole resolved config with
   flattened keys (``stages.eval_cam.thresholds``, ``backbone.name``, ...) so runs filter and group
   by any hyper-parameter;
 - what is logged when a stage finishes (:func:`log_stage`): its headline metrics and the
@@ -97,13 +97,14 @@ def _short(target: str | None, strip: str = "") -> str | None:
 
 
 def run_tags(cfg: DictConfig) -> list[str]:
-    """``method:cam``, ``backbone:resnet18``, ``data:voc``, ``pipeline:cam`` (+ the config's own)."""
+    """``method:cam``, ``backbone:resnet18``, ``data:voc``, ``pipeline:cam``, ``recipe:small``
+    (the last two when composed by ``train.py``), ``synthetic``."""
     method = _choice(cfg, "method") or _short(OmegaConf.select(cfg, "method._target_"), "Module")
     backbone = _choice(cfg, "backbone") or OmegaConf.select(cfg, "backbone.name")
     data = _choice(cfg, "data") or _short(OmegaConf.select(cfg, "data.source._target_"), "Source")
-    pipeline = _choice(cfg, "pipeline")
+    pipeline, recipe = _choice(cfg, "pipeline"), _choice(cfg, "recipe")
     tags = [f"{k}:{v}" for k, v in (("method", method), ("backbone", backbone), ("data", data),
-                                     ("pipeline", pipeline)) if v]
+                                     ("pipeline", pipeline), ("recipe", recipe)) if v]
     if OmegaConf.select(cfg, "data.root") is None and OmegaConf.select(cfg, "data.synthetic"):
         tags.append("synthetic")
     return tags

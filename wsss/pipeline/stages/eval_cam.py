@@ -35,7 +35,6 @@ from wsss.pipeline.image_sets import (
 )
 from wsss.pipeline.protocol import MissingGroundTruthError, check_threshold_mode
 from wsss.pipeline.visualize import cam_panel, publish
-from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
 

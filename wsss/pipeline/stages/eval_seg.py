@@ -22,7 +22,6 @@ from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import eval_ids, load_rgb, no_gt_note, source, stage_images
 from wsss.pipeline.models import load_stage_model
 from wsss.pipeline.visualize import cam_panel, publish
-from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def run(ctx: StageContext) -> dict:

@@ -27,7 +27,6 @@ from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
-from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def gt_instances(src, image_id: str) -> tuple[np.ndarray, np.ndarray, str]:

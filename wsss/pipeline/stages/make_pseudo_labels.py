@@ -22,7 +22,6 @@ from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source, with_gt
-from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def scores_to_label(scores: np.ndarray, keys: np.ndarray, margin: float) -> np.ndarray:

@@ -37,7 +37,6 @@ from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
 from wsss.pipeline.protocol import MissingGroundTruthError
 from wsss.pipeline.scoring import LabelScore, cam_baseline
-from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def run(ctx: StageContext) -> dict:

@@ -22,7 +22,6 @@ from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import cam_file, stage_images
 from wsss.pipeline.models import load_stage_model, torch_threads
 from wsss.pipeline.scoring import LabelScore, cam_baseline
-from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 def pool_to_grid(scores: torch.Tensor, grid: tuple[int, int], stride: int) -> torch.Tensor:
