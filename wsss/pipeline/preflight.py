@@ -15,7 +15,7 @@ together (:class:`PreflightError`). What is checked:
   stride >= 4; VGG-16: output stride 8 ...), so a new backbone or method needs no table here;
 * weights: ``backbone.weights`` is null, ``imagenet`` (not for ResNet-38) or an existing file;
 * data: ``data.root`` exists when set; class counts agree between data, method and segmenter;
-  saliency folders exist for the stages and methods that read them (EPS ``method.saliency_dir``,
+  saliency folders exist for the stages and methods that read them (EPS (null: SALImages under the root),
   SEC ``stages.make_cues.saliency_dir`` with ``saliency: png``, ``data.module.saliency_dir``).
 
 Stage nodes absent from ``pipeline.order`` (e.g. the partial ``stages.<name>`` nodes the small
