@@ -9,8 +9,8 @@ import torch
 
 from wsss.methods.toco import ProjectionHead, ToCoModule, warmup_poly_lambda
 
-BACKBONE = {"name": "custom", "model_kwargs": {"patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0},
-                "aux_layers": [0]}
+BACKBONE = {"_target_": "wsss.models.vit.build_vit", "name": "custom", "aux_layers": [0],
+            "model_kwargs": {"patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}}
 
 
 def _module(**kw) -> ToCoModule:

@@ -56,6 +56,6 @@ def test_oaa_iam_chain_takes_cams_from_the_iam(tiny_cfg, tmp_path) -> None:
     results = run_pipeline(cfg, tmp_path / "run")
     assert list(results) == ["train_cls", "train_iam", *CHAIN[1:]]
     assert results["train_iam"]["num_images"] > 0
-    assert results["make_cam"]["model_from"] == "train_iam"
+    assert results["make_cam"]["model"] == "train_iam"
     assert (tmp_path / "run/stages/train_iam/model.pt").is_file()
     _check_cams(tmp_path / "run", results)

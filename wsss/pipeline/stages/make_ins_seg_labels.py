@@ -27,6 +27,7 @@ from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
+from wsss.pipeline.per_image import done_npz
 
 
 def gt_instances(src, image_id: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -67,14 +68,17 @@ def _run(ctx: StageContext) -> dict:
         item = dataset[index]
         name, size = item["name"], item["size"]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
-        boundary, displacement = model.edge_displacement(item["image"])
-        instance_map = instances_from_displacement(displacement, p.displacement_threshold, p.n_iter)
-        result = instance_masks_from_walk(
-            stride4_cams(floored(cams, floor), tuple(boundary.shape)), keys, boundary, instance_map, size,
-            radius=p.radius, beta=p.beta, exp_times=p.exp_times, bg_threshold=bg,
-            min_fragment_ratio=p.min_fragment_ratio, stride=STRIDE,
-        )
-        save_npz(ctx.out_dir / "instances" / f"{name}.npz", **result)
+        path = ctx.out_dir / "instances" / f"{name}.npz"
+        result = done_npz(path, ("masks", "classes", "scores"))  # written by an interrupted attempt
+        if result is None:
+            boundary, displacement = model.edge_displacement(item["image"])
+            instance_map = instances_from_displacement(displacement, p.displacement_threshold, p.n_iter)
+            result = instance_masks_from_walk(
+                stride4_cams(floored(cams, floor), tuple(boundary.shape)), keys, boundary, instance_map, size,
+                radius=p.radius, beta=p.beta, exp_times=p.exp_times, bg_threshold=bg,
+                min_fragment_ratio=p.min_fragment_ratio, stride=STRIDE,
+            )
+            save_npz(path, **result)
         num_instances += len(result["scores"])
         if name in evaluated:
             gt_masks, gt_classes, kind = gt_instances(gt_src, name)

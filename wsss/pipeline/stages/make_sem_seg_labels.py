@@ -35,6 +35,7 @@ from wsss.pipeline.image_sets import (
 )
 from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
+from wsss.pipeline.per_image import done_label
 from wsss.pipeline.protocol import MissingGroundTruthError
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
@@ -97,9 +98,12 @@ def _run(ctx: StageContext) -> dict:
         item = dataset[index]
         name = item["name"]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
-        label = irn_scores_to_label(walk_scores(model, item, cams, floor, p), keys, bg)
-        label = label.numpy().astype(np.uint8)
-        save_label_png(ctx.out_dir / "labels" / f"{name}.png", label)
+        path = ctx.out_dir / "labels" / f"{name}.png"
+        label = done_label(path)  # written by an interrupted attempt
+        if label is None:
+            label = irn_scores_to_label(walk_scores(model, item, cams, floor, p), keys, bg)
+            label = label.numpy().astype(np.uint8)
+            save_label_png(path, label)
         walked.update(name, label)
         seeded.update(name, cams_to_label(floored(cams, floor), keys, bg).numpy())
     out = {

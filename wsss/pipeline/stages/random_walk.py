@@ -21,6 +21,7 @@ from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import cam_file, stage_images
 from wsss.pipeline.models import load_stage_model, torch_threads
+from wsss.pipeline.per_image import done_label
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
@@ -55,12 +56,15 @@ def _run(ctx: StageContext) -> dict:
         arrays = load_npz(cam_file(cam_dir, name))
         cams, lut = torch.from_numpy(arrays["cams"]), _lut(arrays["keys"])
         seeds = torch.cat([background_power(cams, float(p.bg_alpha))[None], cams])
-        features = model(item["image"][None].to(next(model.parameters()).device))[0].cpu()
-        grid = tuple(features.shape[-2:])
-        walk = random_walk_from_features(pool_to_grid(seeds, grid, stride), features,
-                                         p.radius, p.beta, p.logt, p.get("sources", "all"))  # fmt: skip
-        label = lut[upsample_scores(walk, size, stride).argmax(0)].numpy().astype(np.uint8)
-        save_label_png(ctx.out_dir / "labels" / f"{name}.png", label)
+        path = ctx.out_dir / "labels" / f"{name}.png"
+        label = done_label(path)  # written by an interrupted attempt
+        if label is None:
+            features = model(item["image"][None].to(next(model.parameters()).device))[0].cpu()
+            grid = tuple(features.shape[-2:])
+            walk = random_walk_from_features(pool_to_grid(seeds, grid, stride), features,
+                                             p.radius, p.beta, p.logt, p.get("sources", "all"))  # fmt: skip
+            label = lut[upsample_scores(walk, size, stride).argmax(0)].numpy().astype(np.uint8)
+            save_label_png(path, label)
         walked.update(name, label)
         seeded.update(name, lut[seeds.argmax(0)].numpy())
     out = {"split": p.split, "num_images": len(dataset), "label_dir": "labels", **walked.result(False),

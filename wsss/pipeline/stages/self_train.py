@@ -42,6 +42,10 @@ from wsss.progress import tqdm  # plain lines instead of bar frames when not a T
 
 log = logging.getLogger(__name__)
 
+# Changing these keeps the finished rounds of an earlier attempt in the same run dir (more rounds
+# reuse rounds 0..k-1; see `resume`); any other change starts the stage afresh.
+RESUME_IGNORES = ("rounds",)
+
 
 def refine_prediction(image: np.ndarray, probs: np.ndarray, values: np.ndarray, confidence: float,
                       crf: dict | None, superpixel: dict | None) -> tuple[np.ndarray, np.ndarray]:
