@@ -84,3 +84,13 @@ def test_off_is_silent(monkeypatch, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="wsss.progress"):
         list(progress.tqdm(range(3), desc="quiet"))
     assert not caplog.records
+
+
+def test_every_progress_bar_goes_through_the_policy() -> None:
+    """No module but wsss/progress.py imports tqdm itself (one place decides bars vs lines)."""
+    from pathlib import Path
+
+    root = Path(progress.__file__).resolve().parent
+    direct = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "progress.py"
+              and any(line.startswith(("from tqdm", "import tqdm")) for line in p.read_text().splitlines())]
+    assert direct == []

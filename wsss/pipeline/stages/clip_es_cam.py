@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from wsss.io import save_npz
 from wsss.methods.clip_es import ClipES, class_prompts, preprocess
@@ -23,6 +22,7 @@ from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import class_names, stage_images
 from wsss.pipeline.manifest import HOLDOUT_KEYS
 from wsss.pipeline.per_image import pending, valid_npz
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 # What outside stages.make_cam shapes its output: the data and which images the held-out subset
 # holds (the CLIP model is this stage's own config).

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from wsss.data.labels import IGNORE
 from wsss.functional.clip_es import background_score, confidence_guided_label
@@ -23,6 +22,7 @@ from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source, with_gt
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 
 class _CGLJob(Dataset):
