@@ -35,6 +35,7 @@ from wsss.functional.refine import confident_label, superpixel_refine
 from wsss.functional.segmentation import multiscale_probs
 from wsss.io import load_label_png, read_json, save_label_png, write_json
 from wsss.metrics.segmentation import SegmentationMetric
+from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, init_backbone, load_model, save_model
 from wsss.pipeline.image_sets import eval_ids, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.stages.make_pseudo_labels import label_dir
@@ -209,6 +210,7 @@ def run(ctx: StageContext) -> dict:
         save_model(model, round_dir / MODEL_FILE)
         model.eval().to(_device(ctx))
         metrics["val_miou"] = val_miou(ctx, model, ctx.cfg.data.module.val_split)
+        metrics.update(collapse_guard(ctx, model, labels, split_ids, tag=f"round {k}"))
         if k + 1 < int(p.rounds) or p.predict_last:
             metrics.update(predict_labels(ctx, model, round_dir / "labels", evaluated))
             labels = round_dir / "labels"
