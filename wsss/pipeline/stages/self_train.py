@@ -31,11 +31,16 @@ from tqdm import tqdm
 from wsss.data.datasets import collate_single
 from wsss.data.labels import IGNORE
 from wsss.functional.crf import dense_crf
-from wsss.functional.refine import confident_label, superpixel_refine
+from wsss.functional.refine import (
+    background_scale_for_fraction,
+    confident_label,
+    foreground_log_ratio,
+    superpixel_refine,
+)
 from wsss.functional.segmentation import multiscale_probs
 from wsss.io import load_label_png, read_json, save_label_png, write_json
 from wsss.metrics.segmentation import SegmentationMetric
-from wsss.pipeline.collapse import collapse_guard
+from wsss.pipeline.collapse import collapse_guard, label_foreground_fraction
 from wsss.pipeline.context import MODEL_FILE, StageContext, init_backbone, load_model, save_model
 from wsss.pipeline.image_sets import eval_ids, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.stages.make_pseudo_labels import label_dir
@@ -130,8 +135,15 @@ def val_miou(ctx: StageContext, model: torch.nn.Module, split: str) -> float | N
 
 
 @torch.no_grad()
-def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, evaluated: set[str]) -> dict:
-    """Predict the training split, refine, write ``out_dir/<id>.png``; mIoU of raw and refined."""
+def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, evaluated: set[str],
+                   target_fg: float | None = None) -> dict:
+    """Predict the training split, refine, write ``out_dir/<id>.png``; mIoU of raw and refined.
+
+    With ``target_fg`` (``match_foreground``), the background probability is scaled so that the
+    predictions label that foreground fraction of the split (the fraction of the labels this
+    round trained on), before refinement: without it each round's segmenter under-predicts the
+    minority foreground a little and the labels shrink round after round to all background.
+    """
     p, device = ctx.params, _device(ctx)
     crf = OmegaConf.to_container(p.crf_params, resolve=True) if p.crf else None
     sp = OmegaConf.to_container(p.superpixel_params, resolve=True) if p.superpixel else None
@@ -152,23 +164,32 @@ def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, eva
                 refined_t = torch.from_numpy(refined.astype(np.int64))
                 metrics["refined"].update(torch.where(refined_t == IGNORE, 0, refined_t), gt)
 
+    predicted = []
+    for batch in tqdm(_loader(ctx, p.split), desc="self_train[predict]", leave=False):
+        probs = multiscale_probs(model, batch["image"].to(device), p.scales, p.flip).cpu()
+        values = np.arange(n)
+        if p.restrict_to_labels:  # image labels are known on the training split
+            values = np.concatenate([[0], np.flatnonzero(batch["labels"][0].numpy() > 0.5) + 1])
+        sub = probs[torch.from_numpy(values)]
+        predicted.append((batch["name"][0], batch["raw"][0].numpy(), sub / sub.sum(0, keepdim=True).clamp(min=1e-8), values))
+    ratios = [foreground_log_ratio(sub) for _, _, sub, _ in predicted]
+    raw_fg = float(sum(int((r > 0).sum()) for r in ratios) / max(sum(r.numel() for r in ratios), 1))
+    scale = 1.0 if target_fg is None else background_scale_for_fraction(ratios, target_fg)
     try:
-        for batch in tqdm(_loader(ctx, p.split), desc="self_train[predict]", leave=False):
-            probs = multiscale_probs(model, batch["image"].to(device), p.scales, p.flip).cpu()
-            values = np.arange(n)
-            if p.restrict_to_labels:  # image labels are known on the training split
-                values = np.concatenate([[0], np.flatnonzero(batch["labels"][0].numpy() > 0.5) + 1])
-            sub = probs[torch.from_numpy(values)].numpy()
-            sub = sub / np.maximum(sub.sum(0, keepdims=True), 1e-8)
-            consume(refiner.submit(batch["name"][0], batch["raw"][0].numpy(), sub, values,
-                                   float(p.confidence), crf, sp))  # fmt: skip
+        for name, raw, sub, values in predicted:
+            if scale != 1.0:
+                sub = sub.clone()
+                sub[0] *= scale
+                sub = sub / sub.sum(0, keepdim=True).clamp(min=1e-8)
+            consume(refiner.submit(name, raw, sub.numpy(), values, float(p.confidence), crf, sp))
         consume(refiner.drain())
     finally:
         refiner.close()
     scored = bool(evaluated)  # ids with GT masks (None scores without)
     return {"pred_miou": float(metrics["pred"].compute()["miou"]) if scored else None,
             "refined_miou": float(metrics["refined"].compute()["miou"]) if scored else None,
-            "ignored_fraction": ignored[0] / max(ignored[1], 1)}
+            "ignored_fraction": ignored[0] / max(ignored[1], 1),
+            "pred_fg_fraction_train": raw_fg, "target_fg_fraction": target_fg, "background_scale": scale}
 
 
 def train_round(ctx: StageContext, labels: Path, model: torch.nn.Module) -> torch.nn.Module:
@@ -212,7 +233,8 @@ def run(ctx: StageContext) -> dict:
         metrics["val_miou"] = val_miou(ctx, model, ctx.cfg.data.module.val_split)
         metrics.update(collapse_guard(ctx, model, labels, split_ids, tag=f"round {k}"))
         if k + 1 < int(p.rounds) or p.predict_last:
-            metrics.update(predict_labels(ctx, model, round_dir / "labels", evaluated))
+            target = label_foreground_fraction(labels, split_ids) if p.get("match_foreground", False) else None
+            metrics.update(predict_labels(ctx, model, round_dir / "labels", evaluated, target))
             labels = round_dir / "labels"
         write_json(done, metrics)
         per_round.append(metrics)
