@@ -68,13 +68,16 @@ def run(ctx: StageContext) -> dict:
     if p.init_from:  # start from a trained classifier of the same architecture
         state = torch.load(ctx.input(p.init_from) / MODEL_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
+        # Every layer now holds trained weights: none is new, so none gets the new-layer lr
+        # multiplier (meant for randomly initialised convs; 10x would hit the trained extra convs).
+        model.new_lr_mult = 1.0
     trainer = ctx.trainer(max_epochs=p.max_epochs, limit_val_batches=0)
     trainer.fit(model, train_dataloaders=loader)
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     loss = trainer.callback_metrics.get("train/loss")
     return {"epochs": p.max_epochs, "split": p.split, "num_images": len(dataset),
-            "init_from": p.init_from, "train_loss": float(loss) if loss is not None else float("nan")}
+            "init_from": p.init_from, "new_lr_mult": float(model.new_lr_mult), "train_loss": float(loss) if loss is not None else float("nan")}
 
 
 def make_cams(ctx: StageContext) -> dict:
