@@ -19,12 +19,14 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from wsss.pipeline.preflight import preflight
     from wsss.pipeline.runner import run_pipeline
 
     # The `lightning` package logger has its own console handler and also propagates to Hydra's
     # root handlers (console + train.log), so every Lightning line was printed twice.
     if logging.getLogger().handlers:
         logging.getLogger("lightning").handlers.clear()
+    preflight(cfg)  # the whole composition, before any stage runs
     results = run_pipeline(cfg, Path(HydraConfig.get().runtime.output_dir))
     # The value a Hydra sweeper optimises: the last stage's mIoU, when it has one.
     last = results[list(results)[-1]] if results else {}

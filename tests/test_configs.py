@@ -1,4 +1,4 @@
-"""Every option of every config group composes and resolves, and the real-data switch works."""
+"""Every option of every config group composes and resolves; recipes small / paper."""
 
 from __future__ import annotations
 
@@ -52,14 +52,16 @@ def test_folder_without_root_names_the_key() -> None:
         OmegaConf.resolve(compose_cfg(["data=folder"], tiny=False))
 
 
-def test_synthetic_defaults_switch_to_real_voc_defaults_with_data_root() -> None:
+def test_small_recipe_is_the_default_on_any_data_and_paper_gives_published_values() -> None:
     synthetic = compose_cfg(tiny=False)
-    real = compose_cfg(["data.root=/data/VOCdevkit/VOC2012", "backbone=resnet50"], tiny=False)
-    assert synthetic.backbone.weights is None and real.backbone.weights == "imagenet"
-    assert synthetic.stages.train_cls.crop_size == 112
-    assert real.stages.train_cls.crop_size == 512
-    assert list(real.stages.train_cls.scale_range) == [0.5, 1.5]
-    assert real.method.backbone.name == "resnet50"
+    user_tree = compose_cfg(["data.root=/data/VOCdevkit/VOC2012", "recipe=small"], tiny=False)
+    paper = compose_cfg(["data.root=/data/VOCdevkit/VOC2012", "backbone=resnet50", "recipe=paper"], tiny=False)
+    assert synthetic.backbone.weights is None and user_tree.backbone.weights is None
+    assert synthetic.stages.train_cls.crop_size == user_tree.stages.train_cls.crop_size == 112
+    assert paper.backbone.weights == "imagenet"
+    assert paper.stages.train_cls.crop_size == 512
+    assert list(paper.stages.train_cls.scale_range) == [0.5, 1.5]
+    assert paper.method.backbone.name == "resnet50"
 
 
 def test_method_instantiates_with_composed_backbone() -> None:

@@ -8,13 +8,6 @@ from typing import Any
 from omegaconf import OmegaConf
 
 
-def _if_synthetic(root: Any, synthetic_value: Any, real_value: Any) -> Any:
-    """``data.root: null`` means the generated synthetic VOC tree, which needs small sizes."""
-    value = synthetic_value if root is None else real_value
-    # Plain lists are not valid node values after `OmegaConf.resolve`; containers are.
-    return OmegaConf.create(value) if isinstance(value, (list, dict)) else value
-
-
 def _folder_num_classes(root: Any) -> int:
     """Number of classes listed in ``<root>/classes.txt`` of a user image folder."""
     from wsss.data.folder import read_classes
@@ -25,9 +18,9 @@ def _folder_num_classes(root: Any) -> int:
 
 
 def register_resolvers() -> None:
-    """Register ``${wsss.if_synthetic:${data.root},<synthetic>,<real>}`` and
-    ``${wsss.folder_num_classes:${data.root}}`` (idempotent)."""
-    if not OmegaConf.has_resolver("wsss.if_synthetic"):
-        OmegaConf.register_new_resolver("wsss.if_synthetic", _if_synthetic)
+    """Register ``${wsss.folder_num_classes:${data.root}}`` (idempotent).
+
+    No resolver branches on whether ``data.root`` is set: small CPU-scale settings are the
+    ``recipe=small`` overlay (conf/recipe/small.yaml), published ones live in the config files."""
     if not OmegaConf.has_resolver("wsss.folder_num_classes"):
         OmegaConf.register_new_resolver("wsss.folder_num_classes", _folder_num_classes)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,13 +43,20 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
         np.savez_compressed(tmp, **arrays)
 
 
+class CorruptArtifactError(ValueError):
+    """A file exists but cannot be read as the artifact it should be (truncated, overwritten)."""
+
+
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read every array of an .npz written by :func:`save_npz`, refusing pickled objects."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"artifact not found: {path}")
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
+        raise CorruptArtifactError(f"cannot read {path} as .npz arrays: {type(err).__name__}: {err}") from err
 
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:
@@ -66,10 +75,13 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label PNG not found: {path}")
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected a palette (P) or grayscale (L) PNG, got mode {image.mode}")
-        return np.array(image, dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise ValueError(f"{path}: expected a palette (P) or grayscale (L) PNG, got mode {image.mode}")
+            return np.array(image, dtype=np.uint8)
+    except (OSError, SyntaxError) as err:  # PIL: unidentified / truncated image
+        raise CorruptArtifactError(f"cannot read {path} as a label PNG: {type(err).__name__}: {err}") from err
 
 
 def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Hand-computed checks of the EPS saliency loss (METHODS.md 5.3, ``EPS:eps.py``)."""
+"""Hand-computed checks of the EPS saliency loss (docs/methods.md, "EPS", ``EPS:eps.py``)."""
 
 from __future__ import annotations
 

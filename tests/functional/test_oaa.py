@@ -1,4 +1,4 @@
-"""Hand-computed checks of OAA accumulation, IAM loss and attention drop (METHODS.md 6.3-6.5)."""
+"""Hand-computed checks of OAA accumulation, IAM loss and attention drop (docs/methods.md, "OAA")."""
 
 from __future__ import annotations
 

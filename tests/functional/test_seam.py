@@ -1,4 +1,4 @@
-"""Hand-computed checks of SEAM's PCM, ER/ECR losses and helpers (METHODS.md section 4)."""
+"""Hand-computed checks of SEAM's PCM, ER/ECR losses and helpers (docs/methods.md, "SEAM")."""
 
 from __future__ import annotations
 

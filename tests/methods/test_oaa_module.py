@@ -142,8 +142,9 @@ def test_new_conv_init_follows_init_std() -> None:
                if isinstance(m, torch.nn.Conv2d))
 
 
-@pytest.mark.parametrize("root, init_std, new_lr_mult", [(None, None, 1), ("/data/voc", 0.01, 10)])
-def test_oaa_config_keeps_official_init_and_lr_mult_on_real_data(root, init_std, new_lr_mult) -> None:
-    overrides = ["method=oaa"] + ([f"data.root={root}"] if root else [])
+@pytest.mark.parametrize("recipe, init_std, new_lr_mult", [("small", None, 1), ("paper", 0.01, 10)])
+@pytest.mark.parametrize("method", ["oaa", "oaa_iam"])
+def test_oaa_config_keeps_official_init_and_lr_mult_in_the_paper_recipe(method, recipe, init_std, new_lr_mult) -> None:
+    overrides = [f"method={method}", f"recipe={recipe}", "data.root=/data/voc"]
     method = compose_cfg(overrides, tiny=False).method
     assert method.init_std == init_std and method.new_lr_mult == new_lr_mult

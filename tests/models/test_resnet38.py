@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from wsss.models.norm import FrozenBatchNorm2d
 from wsss.models.resnet38 import ResNet38
 
 
@@ -35,7 +36,7 @@ def test_forward_stride_8_and_channels(model: ResNet38) -> None:
 def test_train_keeps_batchnorm_in_eval(model: ResNet38) -> None:
     returned = model.train()
     assert returned is model and model.training
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    bns = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     assert len(bns) == 15 * 2 + 2 * 3 + 1  # 15 basic blocks, b6/b7 bottlenecks, bn7
     assert all(not bn.training for bn in bns)
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout2d)]
@@ -51,7 +52,7 @@ def test_train_keeps_batchnorm_in_eval(model: ResNet38) -> None:
 def test_frozen_parameters(model: ResNet38) -> None:
     assert not model.conv1a.weight.requires_grad
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, FrozenBatchNorm2d):
             assert not m.weight.requires_grad and not m.bias.requires_grad
     assert model.b2.conv_branch2a.weight.requires_grad
     assert model.b7.conv_branch2b2.weight.requires_grad

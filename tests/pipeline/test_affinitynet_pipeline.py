@@ -55,4 +55,8 @@ def test_affinitynet_composes_with_another_cam_method(tiny_cfg) -> None:
     cfg = tiny_cfg("pipeline=affinitynet", "method=seam")
     assert cfg.method._target_.endswith("SEAMModule")
     assert cfg.stages.train_seg.labels_from == "random_walk"
-    assert cfg.stages.train_affinity.module.feature_levels[-1] == "layer4"
+    assert cfg.stages.train_affinity.module.feature_levels is None  # picked from the contract
+    from hydra.utils import instantiate
+
+    model = instantiate(cfg.stages.train_affinity.module)
+    assert model.levels == ["layer2", "layer3", "layer4"]

@@ -76,7 +76,7 @@ def test_from_run_reuses_finished_stages(tiny_cfg, tmp_path) -> None:
                          tmp_path / "chained")
     assert third["eval_cam"]["miou"] == pytest.approx(second["eval_cam"]["miou"])
     # Once a stage runs here, every later stage runs here too, even if from_run has it.
-    (first / "stages/make_cam/metrics.json").unlink()  # first's make_cam now counts as unfinished
+    (first / "stages/make_cam/manifest.json").unlink()  # first's make_cam now counts as unfinished
     run_pipeline(tiny_cfg(f"pipeline.from_run={first}"), tmp_path / "third")
     ran_third = sorted(p.name for p in (tmp_path / "third/stages").iterdir())
     assert ran_third == sorted(STAGES[1:])  # train_cls reused, everything after it rerun

@@ -1,6 +1,6 @@
-"""Inter-pixel affinities, their pair labels and the AffinityNet loss (METHODS.md sections 2, 3.3).
+"""Inter-pixel affinities, their pair labels and the AffinityNet loss (docs/methods.md, "PSA / AffinityNet", "IRNet").
 
-Layout used throughout (PSA and IRN both enumerate pairs this way, METHODS 2.3 / 3.4): a map of
+Layout used throughout (PSA and IRN both enumerate pairs this way, docs/methods.md, "PSA / AffinityNet", "IRNet"): a map of
 size ``(h, w)`` and a radius ``r`` give ``P = len(neighbour_offsets(r))`` offsets ``(dy, dx)``,
 half of the neighbourhood so each unordered pair appears once. A pair tensor has shape
 ``(..., P, h, w)``: entry ``[p, y, x]`` is the pair (source ``(y, x)``, target
@@ -123,7 +123,7 @@ def affinity_labels(label: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]
 def pairwise_affinity(features: Tensor, radius: int) -> Tensor:
     """AffinityNet affinities ``a_ij = exp(-mean_channels |f_i - f_j|)`` for all in-radius pairs.
 
-    The PSA code takes the channel *mean* of the L1 distance (the paper writes the sum), METHODS 2.4.
+    The PSA code takes the channel *mean* of the L1 distance (the paper writes the sum), docs/methods.md, "PSA / AffinityNet".
     Computed in float32; entries with an out-of-map target are 0.
 
     Args:
@@ -152,7 +152,7 @@ def pairwise_affinity(features: Tensor, radius: int) -> Tensor:
 
 
 def affinity_loss(features: Tensor, label: Tensor, radius: int = 5) -> Tensor:
-    """AffinityNet loss ``L = L_bg+/4 + L_fg+/4 + L_neg/2`` (PSA ``train_aff.py``, METHODS 2.4).
+    """AffinityNet loss ``L = L_bg+/4 + L_fg+/4 + L_neg/2`` (PSA ``train_aff.py``, docs/methods.md, "PSA / AffinityNet").
 
     ``L_bg+ = -Σ_{bg+} log(a + 1e-5) / (|bg+| + 1e-5)``, ``L_fg+`` likewise, and
     ``L_neg = -Σ_{neg} log(1 + 1e-5 - a) / (|neg| + 1e-5)``. Sums and counts are pooled over the
@@ -183,7 +183,7 @@ def affinity_loss(features: Tensor, label: Tensor, radius: int = 5) -> Tensor:
 
 
 def psa_affinity_label(la_scores: Tensor, ha_scores: Tensor, eps: float = 1e-5) -> Tensor:
-    """PSA affinity label from low-α and high-α CRF scores (``VOC12AffDataset``, METHODS 2.3).
+    """PSA affinity label from low-α and high-α CRF scores (``VOC12AffDataset``, docs/methods.md, "PSA / AffinityNet").
 
     ``label = argmax(la)``; where la's argmax is background → 255; where ha's argmax is background
     → 0; where every score of both maps is < ``eps`` (crop padding) → 255. Confident foreground
@@ -213,7 +213,7 @@ def psa_affinity_label(la_scores: Tensor, ha_scores: Tensor, eps: float = 1e-5) 
 
 
 def irn_label_from_cams(fg_conf_label: Tensor, bg_conf_label: Tensor) -> Tensor:
-    """IRN inter-pixel relation label from two CRF'd CAM labels (``cam_to_ir_label``, METHODS 3.3).
+    """IRN inter-pixel relation label from two CRF'd CAM labels (``cam_to_ir_label``, docs/methods.md, "IRNet").
 
     ``label = fg``; where fg is background → 255; where fg *and* bg are background → 0. So
     foreground needs the 0.30 test (``fg_conf_label``) and background the 0.05 test

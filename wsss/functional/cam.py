@@ -1,6 +1,6 @@
 """Class activation maps: computation, normalisation, multi-scale inference and hard labels.
 
-Conventions (METHODS.md sections 0, 2.3, 3.2, 7.1): CAM channels index the 20 *foreground*
+Conventions (docs/methods.md, "Conventions", "PSA / AffinityNet", "IRNet", "CAM baseline"): CAM channels index the 20 *foreground*
 classes 0..19; masks use 0 for background and ``c + 1`` for class ``c``. The pipeline is
 
 1. :func:`multiscale_cam` — ReLU'd maps summed over scales and flips, all classes, unnormalised;

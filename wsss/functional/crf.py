@@ -2,7 +2,7 @@
 
 ``DenseCRF2D`` takes ``(width, height, n_labels)`` — width first — and its C++ side reads raw
 buffers, so every array handed over is made a writable, C-contiguous copy of the right dtype.
-See METHODS.md sections 2.3 (PSA soft CRF), 3.3 (IRN label CRF) and 9.3.
+See docs/methods.md, "PSA / AffinityNet" (soft CRF), "IRNet" (label CRF) and "Conventions".
 """
 
 from __future__ import annotations

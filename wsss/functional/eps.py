@@ -1,4 +1,4 @@
-"""EPS: explicit pseudo-pixel supervision from an off-the-shelf saliency map (METHODS.md 5.3).
+"""EPS: explicit pseudo-pixel supervision from an off-the-shelf saliency map (docs/methods.md, "EPS").
 
 Follows ``EPS:eps.py: get_eps_loss``. EPS's map has ``C + 1`` channels with the background
 LAST (index C), is not ReLU'd, and the saliency target stays continuous.

@@ -1,4 +1,4 @@
-"""IRNet losses and instance pseudo labels (METHODS.md sections 3.4 and 3.6).
+"""IRNet losses and instance pseudo labels (docs/methods.md, "IRNet").
 
 Displacements are in pixels of the stride-4 grid, channel 0 = dy (rows) and channel 1 = dx
 (columns), matching IRN's ``disp_target`` built from ``(dy, dx)`` offsets. A pixel at ``x_i`` points
@@ -134,7 +134,7 @@ def instance_centroids(displacement: Tensor, n_iter: int = 300) -> Tensor:
 def instances_from_displacement(
     displacement: Tensor, radius_threshold: float = 2.5, n_iter: int = 300
 ) -> Tensor:
-    """Instance map from a displacement field (IRN ``cluster_centroids``, METHODS 3.6).
+    """Instance map from a displacement field (IRN ``cluster_centroids``, docs/methods.md, "IRNet").
 
     The weak-displacement region ``|D| < radius_threshold`` is split into 4-connected components;
     each pixel takes the component at its converged centroid (:func:`instance_centroids`). As in
@@ -174,7 +174,7 @@ def instance_masks_from_walk(
     min_fragment_ratio: float = 0.01,
     stride: int = 4,
 ) -> dict[str, np.ndarray]:
-    """IRN instance pseudo labels (``make_ins_seg_labels``, METHODS 3.6 steps 3-4).
+    """IRN instance pseudo labels (``make_ins_seg_labels``, docs/methods.md, "IRNet").
 
     1. Seeds: every class CAM times every instance mask, ``K·I`` maps ordered class-major.
     2. Walk: :func:`irn_semantic_scores` (seeds × (1 - B), radius 5, β 10, 2^8 steps).

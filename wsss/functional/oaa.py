@@ -1,6 +1,6 @@
 """OAA: online attention accumulation, its integral-attention loss and the attention drop layer.
 
-Follows ``OAA:models/vgg.py`` (METHODS.md 6.3) and ``OAA:scripts/train_iam.py`` (6.5), with two
+Follows ``OAA:models/vgg.py`` and ``OAA:scripts/train_iam.py`` (docs/methods.md, "OAA"), with two
 deliberate differences from the code: maps are kept as float32 in ``[0, 1]`` instead of 8-bit
 PNGs scaled by 255, and they are keyed by image id instead of loader position, so shuffling
 the data cannot corrupt them. Nothing here touches the disk except

@@ -39,7 +39,7 @@ __all__ = [
 
 @functools.cache
 def path_indices(radius: int) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """Grid points on the segment from ``(0, 0)`` to each offset (IRN ``PathIndex``, METHODS 3.4).
+    """Grid points on the segment from ``(0, 0)`` to each offset (IRN ``PathIndex``, docs/methods.md, "IRNet").
 
     A point ``(y, x)`` inside the bounding box of the segment (endpoints included) is on the path
     when its distance to the line through the offset ``(dy, dx)`` is < 1, tested exactly in
@@ -159,7 +159,7 @@ def propagate(seeds: Tensor, transition_t: Tensor, n_steps: int) -> Tensor:
 def random_walk_from_features(
     seeds: Tensor, features: Tensor, radius: int = 5, beta: float = 8, logt: int = 8
 ) -> Tensor:
-    """PSA random walk with AffinityNet affinities (``infer_aff.py``, METHODS 2.5).
+    """PSA random walk with AffinityNet affinities (``infer_aff.py``, docs/methods.md, "PSA / AffinityNet").
 
     Affinities ``exp(-mean_channels |f_i - f_j|)`` within ``radius`` (symmetric, unit self-loops),
     ``A^β``, column-normalised ``T``, and ``M_rw = M · T^(2^logt)``.
@@ -183,7 +183,7 @@ def random_walk_from_features(
 def random_walk_from_boundary(
     seeds: Tensor, boundary: Tensor, radius: int = 5, beta: float = 10, exp_times: int = 8
 ) -> Tensor:
-    """IRN random walk with boundary affinities (``propagate_to_edge``, METHODS 3.5).
+    """IRN random walk with boundary affinities (``propagate_to_edge``, docs/methods.md, "IRNet").
 
     ``a_ij = 1 - max_{path} B``, symmetric with unit diagonal, ``A^β``, column-normalised, and
     ``M · T^(2^exp_times)``. The seeds are used as given; IRN's ``× (1 - B)`` attenuation is in
@@ -210,7 +210,7 @@ def irn_semantic_scores(
 ) -> Tensor:
     """IRN walk scores: seeds ``cams · (1 - B)`` propagated by :func:`random_walk_from_boundary`.
 
-    No background channel takes part in the walk (METHODS 3.5); add it afterwards with
+    No background channel takes part in the walk (docs/methods.md, "IRNet"); add it afterwards with
     :func:`upsample_scores` and :func:`irn_scores_to_label`.
 
     Shape:
@@ -236,7 +236,7 @@ def upsample_scores(scores: Tensor, size: tuple[int, int], stride: int = 4) -> T
 
 
 def irn_scores_to_label(scores: Tensor, keys: Tensor, bg_threshold: float = 0.25) -> Tensor:
-    """IRN semantic pseudo label from upsampled walk scores (``make_sem_seg_labels``, METHODS 3.5).
+    """IRN semantic pseudo label from upsampled walk scores (``make_sem_seg_labels``, docs/methods.md, "IRNet").
 
     Scores are divided by their *global* max over classes and pixels (not per class), a constant
     background ``bg_threshold`` is prepended, and the argmax is mapped through ``[0, keys + 1]``.

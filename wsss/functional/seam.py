@@ -1,4 +1,4 @@
-"""SEAM: pixel correlation module and equivariance losses (METHODS.md section 4).
+"""SEAM: pixel correlation module and equivariance losses (docs/methods.md, "SEAM").
 
 Follows ``SEAM:network/resnet38_SEAM.py`` and ``SEAM:train_SEAM.py``. SEAM's maps have
 ``C + 1`` channels with the background slot FIRST (channel 0). A training step reads

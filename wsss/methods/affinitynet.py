@@ -1,4 +1,4 @@
-"""AffinityNet (PSA, Ahn & Kwak 2018; METHODS.md 2.4): a feature embedding whose L1 distances
+"""AffinityNet (PSA, Ahn & Kwak 2018; docs/methods.md, "PSA / AffinityNet"): a feature embedding whose L1 distances
 predict whether two nearby pixels share a label.
 
 Multi-level backbone features each go through a 1x1 conv + ELU branch, are resized to the finest
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from wsss.data.labels import IGNORE
 from wsss.functional.affinity import affinity_loss
 from wsss.methods.base import WSSSModule
-from wsss.models.backbones import build_backbone
+from wsss.models.backbones import create_backbone, deepest_levels
 
 
 def majority_pool_label(label: Tensor, size: tuple[int, int], num_values: int = 21) -> Tensor:
@@ -44,26 +44,28 @@ class AffinityNetModule(WSSSModule):
     """Backbone + PSA affinity head; ``forward`` returns the embedding ``(B, D, h, w)``.
 
     Args:
-        backbone: ``build_backbone`` kwargs (``cfg.backbone``).
-        feature_levels: Backbone levels feeding the branches (PSA: the last three).
+        backbone: ``cfg.backbone`` (see :func:`~wsss.models.backbones.create_backbone`).
+        feature_levels: Backbone levels feeding the branches; ``None`` = the three deepest
+            levels of the backbone contract at stride >= 4 (PSA: ResNet-38 conv4/conv5/conv6;
+            ResNet layer2..4; VGG-16 conv3..5).
         branch_channels: Output channels of each level's 1x1 branch (PSA: 64, 128, 256).
         output_stride: Overrides ``backbone.output_stride`` (PSA works at stride 8).
         radius: Pair radius of the loss (PSA: 5).
         optimizer, new_lr_mult, poly_power: see :class:`WSSSModule` (head at ``new_lr_mult``).
     """
 
-    def __init__(self, backbone: dict, feature_levels: Sequence[str], branch_channels: Sequence[int],
+    def __init__(self, backbone: dict, feature_levels: Sequence[str] | None, branch_channels: Sequence[int],
                  optimizer: Callable, new_lr_mult: float, poly_power: float,
                  output_stride: int | None = None, radius: int = 5) -> None:  # fmt: skip
         super().__init__(optimizer, new_lr_mult, poly_power)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        overrides = {} if output_stride is None else {"output_stride": output_stride}
+        self.backbone = create_backbone(backbone, **overrides)
+        if feature_levels is None:
+            feature_levels = deepest_levels(self.backbone, len(branch_channels), min_stride=4)
         if len(feature_levels) != len(branch_channels):
             raise ValueError(f"feature_levels {list(feature_levels)} and branch_channels "
                              f"{list(branch_channels)} must have the same length")  # fmt: skip
-        kwargs = dict(backbone)
-        if output_stride is not None:
-            kwargs["output_stride"] = output_stride
-        self.backbone = build_backbone(**kwargs)
         unknown = [lv for lv in feature_levels if lv not in self.backbone.channels]
         if unknown:
             raise KeyError(f"feature_levels {unknown} not among backbone levels {list(self.backbone.channels)}")

@@ -11,7 +11,7 @@ from torchmetrics.classification import MultilabelAveragePrecision
 
 from wsss.functional.cam import cam
 from wsss.methods.base import WSSSModule
-from wsss.models.backbones import build_backbone
+from wsss.models.backbones import create_backbone
 
 
 class ClassifierModule(WSSSModule):
@@ -26,7 +26,7 @@ class ClassifierModule(WSSSModule):
         super().__init__(optimizer, new_lr_mult, poly_power)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.num_classes = num_classes
-        self.backbone = build_backbone(**backbone)
+        self.backbone = create_backbone(backbone)
         self.val_map = MultilabelAveragePrecision(num_labels=num_classes, average=None)
         self._val_positives = torch.zeros(num_classes)
 
@@ -53,7 +53,7 @@ class ClassifierModule(WSSSModule):
 
 
 class CAMModule(ClassifierModule):
-    """The CAM baseline: logits = W · GAP(f), CAM_c = w_c · f(u) (METHODS 7.1)."""
+    """The CAM baseline: logits = W · GAP(f), CAM_c = w_c · f(u) (docs/methods.md, "CAM baseline")."""
 
     def __init__(self, backbone: dict, num_classes: int, optimizer: Callable, new_lr_mult: float,
                  poly_power: float) -> None:

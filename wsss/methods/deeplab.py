@@ -11,7 +11,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from wsss.data.labels import IGNORE
 from wsss.methods.base import SegmentationValidation, WSSSModule
 from wsss.metrics.segmentation import SegmentationMetric
-from wsss.models.backbones import build_backbone
+from wsss.models.backbones import create_backbone
 
 
 class DeepLabModule(SegmentationValidation, WSSSModule):
@@ -22,7 +22,7 @@ class DeepLabModule(SegmentationValidation, WSSSModule):
         super().__init__(optimizer, new_lr_mult, poly_power)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.num_classes = num_classes + 1
-        self.backbone = build_backbone(**backbone)
+        self.backbone = create_backbone(backbone)
         self.head = DeepLabHead(self.backbone.out_channels, self.num_classes, list(atrous_rates))
         self.val_metric = SegmentationMetric(self.num_classes, sync=True)
 

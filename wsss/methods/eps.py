@@ -1,4 +1,4 @@
-"""EPS (Lee et al., CVPR 2021): explicit pseudo-pixel supervision from saliency (METHODS.md 5).
+"""EPS (Lee et al., CVPR 2021): explicit pseudo-pixel supervision from saliency (docs/methods.md, "EPS").
 
 A ``C + 1`` channel class-map head (background LAST, no ReLU, no dropout, as in
 ``EPS:network/resnet38_eps.py``) trained with ``L = L_cls + L_sal``

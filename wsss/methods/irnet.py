@@ -1,4 +1,4 @@
-"""IRNet (Ahn, Cho & Kwak 2019; METHODS.md 3.4): class boundaries + instance displacements.
+"""IRNet (Ahn, Cho & Kwak 2019; docs/methods.md, "IRNet"): class boundaries + instance displacements.
 
 A *frozen* backbone (every stage output detached, kept in eval mode) feeds two branches that
 both output at stride 4 (``freeze_backbone=False``, not IRN, fine-tunes the backbone too: IRN
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from wsss.functional.irn import irn_losses, irn_total_loss
 from wsss.methods.base import WSSSModule
-from wsss.models.backbones import build_backbone
+from wsss.models.backbones import create_backbone, levels_with_stride
 
 # IRN ResNet-50 channels per level, in backbone level order (stem, layer1..layer4).
 _BOUNDARY = 32
@@ -49,7 +49,8 @@ class IRNetModule(WSSSModule):
     ``forward(images) -> (boundary_logits (B, 1, h, w), displacement (B, 2, h, w))`` at stride 4.
 
     Args:
-        backbone: ``build_backbone`` kwargs (IRN: ImageNet ResNet-50, output stride 16).
+        backbone: ``cfg.backbone`` (IRN: ImageNet ResNet-50, output stride 16); every contract
+            level at stride >= 4 feeds both branches, at least one must be at stride 4.
         optimizer: Partial SGD; the boundary branch gets its lr, the displacement branch
             ``new_lr_mult`` times it (IRN: 0.1 / 1.0).
         new_lr_mult, poly_power: see :class:`WSSSModule`.
@@ -63,16 +64,18 @@ class IRNetModule(WSSSModule):
                  radius: int = 10, width: float | None = None, freeze_backbone: bool = True) -> None:  # fmt: skip
         super().__init__(optimizer, new_lr_mult, poly_power)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
-        self.backbone = build_backbone(**backbone)
+        self.backbone = create_backbone(backbone)
         self.freeze_backbone = freeze_backbone
         for param in self.backbone.parameters():
             param.requires_grad_(not freeze_backbone)
         self.radius = radius
         width = width if width is not None else self.backbone.out_channels / 2048
-        self.levels = list(self.backbone.channels)
-        strides = self.backbone.strides
-        if min(strides.values()) != 4:
-            raise ValueError(f"IRNet needs a stride-4 backbone level, got strides {strides}")
+        # The backbone contract's levels at stride >= 4 (IRN: ResNet-50 stem, layer1..layer4;
+        # ResNet-38: b3, conv4, conv5, conv6; finer levels such as ResNet-38's b2 are not used).
+        strides = {name: stride for name, (_, stride) in self.backbone.levels.items() if stride >= 4}
+        self.levels = list(strides)
+        if not levels_with_stride(self.backbone, 4):
+            raise ValueError(f"IRNet needs a stride-4 backbone level, got levels {dict(self.backbone.levels)}")
         self.fine = [lv for lv in self.levels if strides[lv] == 4]
         self.coarse = [lv for lv in self.levels if strides[lv] > 4]
         if not self.coarse:
@@ -144,3 +147,41 @@ class IRNetModule(WSSSModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=size)
         return loss
+
+    @torch.no_grad()
+    def edge_displacement(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """IRN ``EdgeDisplacement`` inference of one image: boundary probabilities ``(h, w)`` from
+        the flip-averaged logits and the displacement ``(2, h, w)`` of the unflipped image (mean
+        shift applied in eval mode), both on the CPU.
+
+        Shape:
+            - image: ``(3, H, W)`` normalised
+        """
+        batch = torch.stack([image, image.flip(-1)]).to(self.mean_shift.device)
+        logits, displacement = self(batch)
+        boundary = torch.sigmoid((logits[0, 0] + logits[1, 0].flip(-1)) / 2)
+        return boundary.cpu(), displacement[0].cpu()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Per image of a batch: ``{name, boundary (h, w), displacement (2, h, w)}`` (CPU)."""
+        out = []
+        for i, name in enumerate(batch["name"]):
+            boundary, displacement = self.edge_displacement(batch["image"][i])
+            out.append({"name": name, "boundary": boundary, "displacement": displacement})
+        return out
+
+
+@torch.no_grad()
+def mean_displacement(model: IRNetModule, images) -> Tensor:
+    """Mean raw displacement ``(2,)`` of ``model`` over an iterable of ``(1, 3, H, W)`` images
+    (IRN's mean-shift calibration: eval mode, the stored mean shift reset to 0)."""
+    model.eval()
+    model.mean_shift.zero_()
+    device = model.mean_shift.device
+    means = []
+    for image in images:
+        _, displacement = model(image.to(device))
+        means.append(displacement.mean(dim=(0, 2, 3)).cpu())
+    if not means:
+        raise ValueError("calibrate_irn: no images to average over")
+    return torch.stack(means).mean(dim=0)

@@ -1,4 +1,4 @@
-"""OAA (Jiang et al., ICCV 2019 / TPAMI 2021): online attention accumulation (METHODS.md 6).
+"""OAA (Jiang et al., ICCV 2019 / TPAMI 2021): online attention accumulation (docs/methods.md, "OAA").
 
 * :class:`OAAModule`: OAA's classifier (backbone, three 3x3 conv + ReLU "extra convs", a 1x1
   conv to C class maps, logits = GAP), trained with the multilabel soft-margin loss.

@@ -1,4 +1,4 @@
-"""SEAM (Wang et al., CVPR 2020): self-supervised equivariant attention (METHODS.md section 4).
+"""SEAM (Wang et al., CVPR 2020): self-supervised equivariant attention (docs/methods.md, "SEAM").
 
 Wires the pure ops of :mod:`wsss.functional.seam` into a classifier: a ``C + 1`` channel CAM head
 (background slot FIRST, as in ``SEAM:network/resnet38_SEAM.py``) and a pixel correlation module
@@ -25,10 +25,9 @@ from wsss.methods.cam import ClassifierModule
 
 
 def default_pcm_layers(backbone: nn.Module) -> list[str]:
-    """The two stages feeding SEAM's PCM: ResNet-38's conv4/conv5, else the two before ``last``."""
-    names = list(backbone.channels)
-    if {"conv4", "conv5"} <= set(names) and backbone.last not in ("conv4", "conv5"):
-        return ["conv4", "conv5"]
+    """The two levels feeding SEAM's PCM: the two contract levels before ``last`` (ResNet-38:
+    conv4/conv5 as SEAM; ResNet: layer2/layer3; VGG-16: conv3/conv4)."""
+    names = list(backbone.levels)
     before = names[: names.index(backbone.last)]
     if len(before) < 2:
         raise ValueError(f"backbone has too few stages for the PCM: {names}; set method.pcm_layers")

@@ -26,7 +26,7 @@ from wsss.functional.sec import (
 )
 from wsss.methods.base import SegmentationValidation, WSSSModule
 from wsss.metrics.segmentation import SegmentationMetric
-from wsss.models.backbones import build_backbone
+from wsss.models.backbones import create_backbone
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class SECModule(SegmentationValidation, WSSSModule):
     40 for 321 where Caffe gives 41) the scores are resized bilinearly to it.
 
     Args:
-        backbone: ``build_backbone`` kwargs; ``output_stride`` overrides its stride (SEC: 8).
+        backbone: ``cfg.backbone`` (:func:`~wsss.models.backbones.create_backbone`); ``output_stride`` overrides its stride (SEC: 8).
         num_classes: foreground classes (background is added).
         head_channels, fc6_dilation, dropout: LargeFOV head (SEC: 1024, 12, 0.5).
         d_fg, d_bg: GWRP decays (0.996, 0.999). min_prob: probability floor (1e-4).
@@ -87,10 +87,8 @@ class SECModule(SegmentationValidation, WSSSModule):
         super().__init__(optimizer, new_lr_mult, poly_power)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.num_classes = num_classes + 1
-        kwargs = dict(backbone)
-        if output_stride is not None:
-            kwargs["output_stride"] = output_stride
-        self.backbone = build_backbone(**kwargs)
+        overrides = {} if output_stride is None else {"output_stride": output_stride}
+        self.backbone = create_backbone(backbone, **overrides)
         self.head = LargeFOVHead(self.backbone.out_channels, self.num_classes, head_channels,
                                  fc6_dilation, dropout)  # fmt: skip
         self.d_fg, self.d_bg, self.min_prob = d_fg, d_bg, min_prob

@@ -1,7 +1,7 @@
 """Sweep of the constant CAM background threshold in a single pass over the data.
 
-The background threshold (0.15 IRN, 0.2 PSA, 0.26 SEAM, ...) is a free parameter (METHODS.md
-section 9.1/9.6). Pick it on a held-out subset with :class:`ThresholdSweep`, then apply the
+The background threshold (0.15 IRN, 0.2 PSA, 0.26 SEAM, ...) is a free parameter (docs/methods.md,
+"Conventions"). Pick it on a held-out subset with :class:`ThresholdSweep`, then apply the
 chosen value with :func:`wsss.functional.cam.cams_to_label` on the evaluated split; tuning on
 the evaluated split itself (SEAM ``--curve``) inflates the number.
 

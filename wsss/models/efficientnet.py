@@ -199,16 +199,18 @@ def build_efficientnet_lite0(output_stride: int = 16, weights: str | None = "pac
         frozen_stages: see :class:`EfficientNetLite0`.
         mean, std: input normalisation the weights expect (kept as ``mean``/``std``).
         name: accepted for the ``name:`` key of backbone configs; must be ``efficientnet_lite0``.
-        frozen_bn: must be False (accepted for the shared backbone config keys).
+        frozen_bn: every BatchNorm frozen (:class:`wsss.models.norm.FrozenBatchNorm2d`).
     """
     if name != "efficientnet_lite0":
         raise ValueError(f"build_efficientnet_lite0 got backbone.name={name!r}")
-    if frozen_bn:
-        raise ValueError("backbone.frozen_bn is not supported by efficientnet_lite0; use frozen_stages")
     model = EfficientNetLite0(output_stride, frozen_stages)
     if weights in ("package", "imagenet"):
         load_lite0_weights(model, package_weights())
     elif weights is not None:
         load_lite0_weights(model, weights)
+    if frozen_bn:  # after loading: the frozen copies keep the ImageNet statistics
+        from wsss.models.norm import freeze_batchnorm
+
+        freeze_batchnorm(model)
     model.mean, model.std = tuple(mean), tuple(std)
     return model

@@ -1,4 +1,4 @@
-"""Wider ResNet-38 (model A1 of Wu et al.), the PSA/SEAM/EPS backbone (METHODS.md section 0).
+"""Wider ResNet-38 (model A1 of Wu et al.), the PSA/SEAM/EPS backbone (docs/methods.md, "Conventions").
 
 Architecture facts follow ``psa:network/resnet38d.py``: pre-activation residual blocks, three
 stride-2 stages (b2, b3, b4: output stride 8), then b5 with dilation 2 and the bottleneck blocks
@@ -6,8 +6,10 @@ b6/b7 with dilation 4 and Dropout2d 0.3 / 0.5. ``conv6`` = ReLU(bn7(b7)) has 4,0
 Parameter names equal the converted MXNet keys (:mod:`wsss.models.convert_mxnet`), e.g.
 ``b4_3.bn_branch2b1.running_var`` or ``b6.conv_branch2b2.weight``.
 
-All BatchNorm layers are frozen: their affine parameters never get gradients and :meth:`train`
-keeps them in eval mode, so running statistics stay the ImageNet ones whatever the batch size.
+All BatchNorm layers are frozen (:class:`~wsss.models.norm.FrozenBatchNorm2d`, same state_dict
+keys as ``nn.BatchNorm2d``): no gradients, always eval mode, untouched by
+``SyncBatchNorm.convert_sync_batchnorm``, so running statistics stay the ImageNet ones whatever the
+batch size or the number of GPUs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ResNet38"]
+from wsss.models.norm import FrozenBatchNorm2d
+
+__all__ = ["STAGES", "ResNet38"]
+
+# Top-level modules per stage, for ``frozen_stages`` (PSA/SEAM/EPS heads freeze stages 1-2).
+STAGES = (("conv1a",), ("b2", "b2_1", "b2_2"), ("b3", "b3_1", "b3_2"),
+          ("b4", "b4_1", "b4_2", "b4_3", "b4_4", "b4_5"), ("b5", "b5_1", "b5_2"), ("b6",), ("b7", "bn7"))
 
 
 class ResBlock(nn.Module):
@@ -35,10 +43,10 @@ class ResBlock(nn.Module):
         super().__init__()
         self.same_shape = in_channels == out_channels and stride == 1
         first_dilation = dilation if first_dilation is None else first_dilation
-        self.bn_branch2a = nn.BatchNorm2d(in_channels)
+        self.bn_branch2a = FrozenBatchNorm2d(in_channels)
         self.conv_branch2a = nn.Conv2d(in_channels, mid_channels, 3, stride,
                                        padding=first_dilation, dilation=first_dilation, bias=False)
-        self.bn_branch2b1 = nn.BatchNorm2d(mid_channels)
+        self.bn_branch2b1 = FrozenBatchNorm2d(mid_channels)
         self.conv_branch2b1 = nn.Conv2d(mid_channels, out_channels, 3, padding=dilation,
                                         dilation=dilation, bias=False)
         if not self.same_shape:
@@ -58,13 +66,13 @@ class ResBlockBottleneck(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, dilation: int, dropout: float) -> None:
         super().__init__()
-        self.bn_branch2a = nn.BatchNorm2d(in_channels)
+        self.bn_branch2a = FrozenBatchNorm2d(in_channels)
         self.conv_branch2a = nn.Conv2d(in_channels, out_channels // 4, 1, bias=False)
-        self.bn_branch2b1 = nn.BatchNorm2d(out_channels // 4)
+        self.bn_branch2b1 = FrozenBatchNorm2d(out_channels // 4)
         self.dropout_2b1 = nn.Dropout2d(dropout)
         self.conv_branch2b1 = nn.Conv2d(out_channels // 4, out_channels // 2, 3, padding=dilation,
                                         dilation=dilation, bias=False)
-        self.bn_branch2b2 = nn.BatchNorm2d(out_channels // 2)
+        self.bn_branch2b2 = FrozenBatchNorm2d(out_channels // 2)
         self.dropout_2b2 = nn.Dropout2d(dropout)
         self.conv_branch2b2 = nn.Conv2d(out_channels // 2, out_channels, 1, bias=False)
         self.conv_branch1 = nn.Conv2d(in_channels, out_channels, 1, bias=False)
@@ -83,7 +91,8 @@ class ResNet38(nn.Module):
 
     Args:
         frozen: Names of top-level modules whose parameters never train. Default ``("conv1a",)``
-            as in PSA; the SEAM/EPS/PSA cls heads use ``("conv1a", "b2", "b2_1", "b2_2")``.
+            as PSA's trunk; the PSA/SEAM/EPS cls, aff and SEAM heads use
+            ``("conv1a", "b2", "b2_1", "b2_2")`` (``conf/backbone/resnet38.yaml``: frozen_stages 2).
         dropout_b6: Dropout2d rate inside b6. Default 0.3.
         dropout_b7: Dropout2d rate inside b7. Default 0.5.
 
@@ -92,6 +101,11 @@ class ResNet38(nn.Module):
             ``b6`` 2048 (raw residual sums), ``conv4`` 512 (BN-ReLU of b4, PSA's conv4),
             ``conv5`` 1024 (BN-ReLU of b5, PSA's conv5), ``conv6`` 4096 (ReLU(bn7(b7))).
         strides: Feature name -> stride: b2 2, b3 4, everything else 8.
+        levels: The backbone contract's levels (:mod:`wsss.models.backbones`), in depth order:
+            ``b2`` (128, 2), ``b3`` (256, 4), ``conv4`` (512, 8), ``conv5`` (1024, 8),
+            ``conv6`` (4096, 8): the stage outputs heads choose from (PSA's AffinityNet takes
+            conv4/conv5/conv6, SEAM's PCM conv4/conv5, IRNet the stride >= 4 ones). ``b4``..``b6``
+            are extra taps of :meth:`forward`.
 
     Shape:
         - x: ``(B, 3, H, W)`` ImageNet-normalised RGB
@@ -121,7 +135,7 @@ class ResNet38(nn.Module):
         self.b5_2 = ResBlock(1024, 512, 1024, dilation=2)
         self.b6 = ResBlockBottleneck(1024, 2048, dilation=4, dropout=dropout_b6)
         self.b7 = ResBlockBottleneck(2048, 4096, dilation=4, dropout=dropout_b7)
-        self.bn7 = nn.BatchNorm2d(4096)
+        self.bn7 = FrozenBatchNorm2d(4096)
 
         unknown = set(frozen) - {name for name, _ in self.named_children()}
         if unknown:
@@ -137,19 +151,17 @@ class ResNet38(nn.Module):
     def last(self) -> str:
         return "conv6"
 
+    @property
+    def levels(self) -> dict[str, tuple[int, int]]:
+        return {name: (self.channels[name], self.strides[name]) for name in ("b2", "b3", "conv4", "conv5", "conv6")}
+
     def _freeze(self) -> None:
         for name in self.frozen:
             getattr(self, name).requires_grad_(False)
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.requires_grad_(False)
 
     def train(self, mode: bool = True) -> ResNet38:
-        """Set the train/eval mode but keep every BatchNorm in eval (frozen running stats)."""
+        """Set the train/eval mode; every BatchNorm is a FrozenBatchNorm2d and stays in eval."""
         super().train(mode)
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
         # PSA re-freezes on every train() call, so a stray requires_grad_(True) cannot leak in.
         self._freeze()
         return self

@@ -1,4 +1,5 @@
-"""What a stage gets from the runner: its config, its output dir, and its inputs' dirs."""
+"""What a stage gets from the runner: its config, its output dir, its inputs' dirs (by role),
+its device, and Trainers that checkpoint and resume."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from wsss.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"  # written last by the runner: its presence marks a finished stage
+METRICS_FILE = "metrics.json"  # the stage's scores; the runner writes it just before the manifest
+MANIFEST_FILE = "manifest.json"  # written last by the runner: its presence marks a finished stage
 MODEL_FILE = "model.pt"
+CKPT_DIR = "checkpoints"  # Lightning last.ckpt of a fit stage in progress (resume after a kill)
+LAST_CKPT = "last.ckpt"
 # Per run: {stage: absolute dir} of the stages it reused from pipeline.from_run, so that a later
 # run pointing its from_run here finds them too (from_run chains are transitive).
 REUSED_FILE = "reused.json"
@@ -36,6 +40,10 @@ class StageContext:
     # Opened dataset readers, shared by the runner across the stages of one run: parsing a large
     # annotation file (COCO train2014: ~0.5 GB of JSON) once per run, not once per call.
     sources: dict[tuple, Any] = field(default_factory=dict)
+    # {role: (stage, dir)} of every input read so far (ctx.read); the manifest records them.
+    used_inputs: dict[str, tuple[str, Path]] = field(default_factory=dict)
+    # Fit checkpoints this stage resumed from ({checkpoint, global_step}); the manifest records them.
+    resumed: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def params(self) -> DictConfig:
@@ -48,43 +56,59 @@ class StageContext:
         return path
 
     def input(self, stage: str) -> Path:
-        """Directory of a finished earlier stage.
+        """Directory of a finished earlier stage (runner use; stages call :meth:`read`).
 
         Resolution order: ``pipeline.inputs.<stage>`` (any directory the user names), then
         this run, then ``pipeline.from_run``/stages/<stage> (an earlier run), so a stage rerun
         here always shadows the earlier run's copy.
         """
-        pipe = self.cfg.pipeline
-        explicit = (pipe.get("inputs") or {}).get(stage)
-        if explicit:
-            candidates = [Path(explicit)]
-        else:
-            candidates = [self.run_dir / "stages" / stage]
-            if pipe.get("from_run"):
-                found = finished_stage_dir(Path(pipe.from_run), stage)
-                candidates.append(found or Path(pipe.from_run) / "stages" / stage)
-        for path in candidates:
-            if (path / METRICS_FILE).is_file():
-                return path
+        found = locate_stage(self.cfg, self.run_dir, stage)
+        if found is not None:
+            return found
+        candidates = input_candidates(self.cfg, self.run_dir, stage)
         raise FileNotFoundError(
             f"stage {self.name!r} needs the output of stage {stage!r}, but none of "
-            f"{[str(p) for p in candidates]} holds a finished stage (no {METRICS_FILE}). Run "
+            f"{[str(p) for p in candidates]} holds a finished stage (no {MANIFEST_FILE}). Run "
             f"{stage!r} first, or point +pipeline.inputs.{stage}=DIR / pipeline.from_run=RUN_DIR at one."
         )
+
+    @property
+    def reads(self) -> dict[str, str | None]:
+        """``{role: stage name}`` as declared under ``stages.<name>.reads`` (null = not read)."""
+        return {str(k): (None if v is None else str(v)) for k, v in (self.params.get("reads") or {}).items()}
+
+    def read_stage(self, role: str) -> str:
+        """The name of the stage declared under ``reads.<role>``."""
+        reads = self.reads
+        if role not in reads:
+            raise KeyError(f"stage {self.name!r} reads role {role!r}, but stages.{self.name}.reads "
+                           f"declares only {sorted(reads)}; add stages.{self.name}.reads.{role}=STAGE")
+        if reads[role] is None:
+            raise KeyError(f"stages.{self.name}.reads.{role} is null; name the stage to read from")
+        return reads[role]
 
     def read(self, role: str) -> Path:
         """Directory of the finished stage this stage declares under ``reads.<role>``.
 
         Stage configs name their inputs by role (``reads: {cams: make_cam, threshold: eval_cam}``);
         the runner, not the stage, decides where that stage's output lives (see :meth:`input`).
+        Every role read is recorded (its manifest goes into this stage's manifest).
         """
-        reads = self.params.get("reads") or {}
-        if role not in reads:
-            raise KeyError(f"stage {self.name!r} reads role {role!r}, but stages.{self.name}.reads "
-                           f"declares only {sorted(reads)}; add stages.{self.name}.reads.{role}=STAGE")
-        if reads[role] is None:
-            raise KeyError(f"stages.{self.name}.reads.{role} is null; name the stage to read from")
-        return self.input(str(reads[role]))
+        stage = self.read_stage(role)
+        path = self.input(stage)
+        self.used_inputs[role] = (stage, path)
+        return path
+
+    def read_config(self, role: str) -> DictConfig:
+        """The config node of the stage read under ``role`` (e.g. its ``module`` to rebuild a model)."""
+        stage = self.read_stage(role)
+        if stage not in self.cfg.stages:
+            raise KeyError(f"stages.{self.name}.reads.{role}={stage!r}, but cfg.stages has no such stage")
+        return self.cfg.stages[stage]
+
+    def device(self) -> torch.device:
+        """The one place a stage's device is chosen (see :func:`inference_device`)."""
+        return inference_device(self.cfg)
 
     def read_optional(self, role: str) -> Path | None:
         """Like :meth:`read`, but ``None`` when the role is absent or null (an optional input)."""
@@ -98,18 +122,75 @@ class StageContext:
         """Instantiate ``cfg.data`` with the resolved root and stage-specific overrides."""
         return instantiate(self.cfg.data.module, root=str(self.data_root()), **overrides)
 
-    def trainer(self, **overrides: Any) -> L.Trainer:
-        """A Trainer from ``cfg.trainer`` that logs to this stage and saves no pickled checkpoints."""
+    def trainer(self, checkpoint_dir: Path | None = None, **overrides: Any) -> L.Trainer:
+        """A Trainer from ``cfg.trainer`` that logs to this stage.
+
+        With ``checkpoint_dir`` (fit stages; see :meth:`fit`) it writes ``<dir>/last.ckpt`` at
+        every epoch end and every ``checkpoint_every_n_steps`` optimiser steps (stage key, else
+        ``pipeline.checkpoint_every_n_steps``; 0 = epoch ends only), atomically, with the RNG
+        states so that a resumed run draws the same batches. Without it: no checkpoints."""
         kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
         kwargs.update(overrides)
-        kwargs.setdefault("enable_checkpointing", False)
         kwargs.setdefault("logger", self.loggers or False)
+        if checkpoint_dir is None:
+            kwargs.setdefault("enable_checkpointing", False)
+        else:
+            from wsss.pipeline.checkpoints import resume_callbacks, slurm_plugins
+
+            every = self.params.get("checkpoint_every_n_steps",
+                                    self.cfg.pipeline.get("checkpoint_every_n_steps", 0))
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []),
+                                   *resume_callbacks(Path(checkpoint_dir), int(every or 0))]
+            kwargs["enable_checkpointing"] = True
+            plugins = slurm_plugins()
+            if plugins:
+                kwargs["plugins"] = [*(kwargs.get("plugins") or []), *plugins]
         return L.Trainer(default_root_dir=str(self.out_dir), **kwargs)
+
+    def fit(self, model: L.LightningModule, checkpoint_dir: Path | None = None,
+            trainer_kwargs: Mapping[str, Any] | None = None, **fit_kwargs: Any) -> L.Trainer:
+        """Fit ``model`` with a checkpointing Trainer; resume from ``<checkpoint_dir>/last.ckpt``
+        (default ``<stage dir>/checkpoints``) when a killed run left one. Returns the Trainer;
+        ``self.resumed`` records the step resumed from."""
+        from wsss.pipeline.checkpoints import fit_resuming
+
+        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else self.out_dir / CKPT_DIR
+        trainer = self.trainer(checkpoint_dir=ckpt_dir, **dict(trainer_kwargs or {}))
+        step = fit_resuming(trainer, model, ckpt_dir / LAST_CKPT, **fit_kwargs)
+        if step is not None:
+            self.resumed.append({"checkpoint": str(ckpt_dir / LAST_CKPT), "global_step": step})
+        return trainer
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         prefixed = {f"{self.name}/{k}": float(v) for k, v in metrics.items()}
         for logger in self.loggers:
             logger.log_metrics(prefixed, step=step)
+
+
+def rank() -> int:
+    """Global rank (0 without DDP); Lightning sets it from the launcher's environment."""
+    return int(L.fabric.utilities.rank_zero.rank_zero_only.rank)
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    """Wait for every DDP rank (no-op without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def inference_device(cfg: DictConfig) -> torch.device:
+    """CUDA when there is a GPU and ``trainer.accelerator`` is not ``cpu``, else CPU (under DDP:
+    this rank's GPU, which Lightning made the current one)."""
+    use_gpu = torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) != "cpu"
+    return torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
 
 
 def save_model(module: torch.nn.Module, path: Path) -> None:
@@ -168,16 +249,44 @@ def finish_stage(ctx: StageContext, metrics: Mapping[str, Any]) -> None:
     write_json(ctx.out_dir / METRICS_FILE, {"stage": ctx.name, **metrics})
 
 
+def is_finished(stage_dir: Path) -> bool:
+    return (stage_dir / MANIFEST_FILE).is_file()
+
+
 def finished_stage_dir(run_dir: Path, stage: str) -> Path | None:
     """``run_dir``'s finished copy of ``stage``: its own, or the one it reused (``reused.json``)."""
     own = run_dir / "stages" / stage
-    if (own / METRICS_FILE).is_file():
+    if is_finished(own):
         return own
     record = run_dir / REUSED_FILE
     if record.is_file():
         reused = read_json(record).get(stage)
-        if reused and (Path(reused) / METRICS_FILE).is_file():
+        if reused and is_finished(Path(reused)):
             return Path(reused)
+    return None
+
+
+def input_candidates(cfg: DictConfig, run_dir: Path, stage: str) -> list[Path]:
+    """Where stage ``stage``'s output may be, in order (see :meth:`StageContext.input`)."""
+    pipe = cfg.pipeline
+    explicit = (pipe.get("inputs") or {}).get(stage)
+    if explicit:
+        return [Path(explicit)]
+    candidates = [run_dir / "stages" / stage]
+    if pipe.get("from_run"):
+        found = finished_stage_dir(Path(pipe.from_run), stage)
+        candidates.append(found or Path(pipe.from_run) / "stages" / stage)
+    return candidates
+
+
+def locate_stage(cfg: DictConfig, run_dir: Path, stage: str) -> Path | None:
+    """The finished copy of ``stage`` this run reads, or None. A directory named explicitly by
+    ``pipeline.inputs.<stage>`` may lack a manifest (then its metrics.json suffices)."""
+    candidates = input_candidates(cfg, run_dir, stage)
+    explicit = bool((cfg.pipeline.get("inputs") or {}).get(stage))
+    for path in candidates:
+        if is_finished(path) or (explicit and (path / METRICS_FILE).is_file()):
+            return path
     return None
 
 

@@ -1,9 +1,13 @@
-"""Run the stages of ``cfg.pipeline.order`` in turn, each in its own directory with its metrics."""
+"""Run the stages of ``cfg.pipeline.order`` in turn, each in its own directory with its metrics
+and manifest; reuse finished stages only when their manifests match (see wsss.pipeline.manifest)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +18,32 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from wsss.io import write_json
+from wsss.io import CorruptArtifactError, read_json, write_json
 from wsss.pipeline.context import (
-    METRICS_FILE,
+    CKPT_DIR,
     REUSED_FILE,
     StageContext,
+    barrier,
     finish_stage,
     finished_stage_dir,
+    is_finished,
+    locate_stage,
+    rank,
     read_metrics,
+)
+from wsss.pipeline.manifest import (
+    STARTED_FILE,
+    build_manifest,
+    fingerprint,
+    format_diff,
+    read_manifest,
+    reuse_diff,
+    write_manifest,
 )
 
 log = logging.getLogger(__name__)
+
+REPLACED_DIR = "replaced"  # <run>/replaced/<stage>-<time>: earlier attempts that no longer fit
 
 # The figures the end-of-run table shows, per stage, when present.
 HEADLINE = ("miou", "miou_crf", "miou_ms", "threshold", "holdout_miou", "val_mAP", "ap50",
@@ -56,37 +75,74 @@ def _close(loggers: list[Logger]) -> None:
             experiment.finish()  # one W&B run per stage
 
 
+@dataclass
+class Step:
+    """What the runner does with one stage of ``pipeline.order``.
+
+    ``run``: run here (``replace``: this run's earlier copy no longer fits and is moved aside);
+    ``reuse``: a finished copy (this run's or from_run's) fits and is used; ``report``: a stage not
+    in ``pipeline.only`` whose finished copy is read and reported; ``absent``: not in
+    ``pipeline.only`` and nowhere finished."""
+
+    name: str
+    action: str
+    dir: Path | None = None
+    replace: bool = False
+    diff: list[str] = field(default_factory=list)
+
+
+class ReuseMismatchError(ValueError):
+    """A finished stage the run would reuse was made by a different config or from other inputs."""
+
+
+class InputArtifactError(RuntimeError):
+    """A stage failed to load an artifact of a stage it reads (names the file and its stage)."""
+
+
 def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
-    """Run the pipeline; returns {stage: metrics}. Finished stages are reused with ``skip_done``."""
+    """Run the pipeline; returns {stage: metrics}.
+
+    Before any work: every stage to reuse is checked against its manifest (``from_run`` copies
+    that do not fit stop the run with the differing keys unless ``pipeline.reuse=force``), and
+    each stage to run gets its module's ``preflight(ctx)`` called, if it has one."""
     L.seed_everything(cfg.seed, workers=True)
     check_num_classes(cfg)
     pipe = cfg.pipeline
     unknown = [s for s in (pipe.only or []) if s not in pipe.order]
     if unknown:
         raise KeyError(f"pipeline.only names stages {unknown} not in pipeline.order {list(pipe.order)}")
-    check_threshold_protocol(cfg, run_dir)
-    results: dict[str, dict] = {}
-    reused: dict[str, str] = {}
-    sources: dict[tuple, Any] = {}  # dataset readers shared by this run's stages
-    # from_run stages are reused only as a prefix of the order: once a stage runs here, later
-    # stages depend on it and must run here too, even if from_run has a stage of that name.
-    prefix = True
     for name in pipe.order:
         if name not in cfg.stages:
             raise KeyError(f"pipeline.order names stage {name!r} but cfg.stages has no such entry")
+    steps, forced = plan_pipeline(cfg, run_dir)
+    sources: dict[tuple, Any] = {}  # dataset readers shared by this run's stages
+    for step in steps:
+        if step.action == "run":
+            preflight = getattr(_stage_module(cfg, step.name), "preflight", None)
+            if preflight is not None:
+                preflight(StageContext(cfg, step.name, run_dir, sources=sources))
+
+    results: dict[str, dict] = {}
+    reused: dict[str, str] = {}
+    reused_written = False
+    for step in steps:
+        name = step.name
         stage_dir = run_dir / "stages" / name
-        reusable = _finished_elsewhere(cfg, name, stage_dir, from_run=prefix)
-        if (pipe.only and name not in pipe.only) or (reusable is not None and not pipe.only):
-            if reusable is not None:
-                results[name] = read_metrics(reusable)
-                if reusable != stage_dir:
-                    reused[name] = str(reusable.resolve())
+        if step.action in ("reuse", "report"):
+            results[name] = read_metrics(step.dir)
+            if step.dir != stage_dir:
+                reused[name] = str(step.dir.resolve())
             continue
-        if prefix and reused and _rank() == 0:
+        if step.action == "absent":
+            continue
+        if reused and not reused_written and rank() == 0:
             write_json(run_dir / REUSED_FILE, reused)  # before any stage here can need it
-        prefix = False
+        reused_written = True
         all_ranks = bool(cfg.stages[name].get("all_ranks", False))
-        if _rank() != 0 and not all_ranks:
+        if rank() == 0:
+            prepare_stage_dir(cfg, run_dir, name, replace=step.replace)
+        barrier()  # the directory is ready (old copies moved aside) before any rank looks at it
+        if rank() != 0 and not all_ranks:
             results[name] = _wait_for_rank_zero(stage_dir, float(pipe.get("rank_wait_s", 86400)))
             continue
         log.info("stage %s", name)
@@ -94,7 +150,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
                            sources=sources)
         start = time.perf_counter()
         try:
-            metrics = get_method(cfg.stages[name]["_target_"])(ctx)
+            metrics = _run_stage(cfg, ctx)
             metrics["seconds"] = round(time.perf_counter() - start, 1)
             # Every scalar a stage reports also reaches its loggers (CSV / W&B summary).
             ctx.log_metrics({k: v for k, v in metrics.items()
@@ -102,36 +158,202 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         finally:
             _close(ctx.loggers)
         if all_ranks:
-            _barrier()  # every rank's share (e.g. predicted CAMs) is on disk before the marker
-        if _rank() == 0:
+            barrier()  # every rank's share (e.g. predicted CAMs) is on disk before the marker
+        if rank() == 0:
             finish_stage(ctx, metrics)
+            write_manifest(ctx.out_dir, stage_manifest(cfg, ctx, forced))
+            shutil.rmtree(ctx.out_dir / CKPT_DIR, ignore_errors=True)  # resume state, not output
         results[name] = {"stage": name, **metrics}  # the same dict metrics.json holds
-    if prefix and reused and _rank() == 0:
+    if reused and not reused_written and rank() == 0:
         write_json(run_dir / REUSED_FILE, reused)  # every stage was reused
     print_summary(results)
     return results
 
 
-def _rank() -> int:
-    """Global rank (0 without DDP); Lightning sets it from the launcher's environment."""
-    return int(L.fabric.utilities.rank_zero.rank_zero_only.rank)
+def _stage_module(cfg: DictConfig, name: str) -> Any:
+    target = str(cfg.stages[name]["_target_"])
+    return importlib.import_module(target.rsplit(".", 1)[0])
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
+def _run_stage(cfg: DictConfig, ctx: StageContext) -> dict:
+    """Call the stage; a failure to load one of its inputs' files names the file's stage."""
+    try:
+        return get_method(cfg.stages[ctx.name]["_target_"])(ctx)
+    except (CorruptArtifactError, FileNotFoundError, KeyError, ValueError) as err:
+        text = str(err)
+        for role, (stage, path) in ctx.used_inputs.items():
+            if str(path) in text:
+                raise InputArtifactError(
+                    f"stage {ctx.name!r} failed to load an artifact of stage {stage!r} (read as "
+                    f"{role!r}, from {path}): {text}. That stage's files are damaged or incomplete: "
+                    f"delete {path} (or the file named) and rerun stage {stage!r}."
+                ) from err
+        raise
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+
+def plan_pipeline(cfg: DictConfig, run_dir: Path) -> tuple[list[Step], dict[str, list[str]]]:
+    """Decide per stage: run, reuse, report or absent (see :class:`Step`). Raises
+    :class:`ReuseMismatchError` when a ``from_run`` (or, with ``pipeline.only``, any) finished copy
+    to reuse does not match the config or inputs, unless ``pipeline.reuse=force``; returns the
+    forced reuses ``{stage: diff}`` too."""
+    pipe = cfg.pipeline
+    reuse_mode = str(pipe.get("reuse") or "check")
+    if reuse_mode not in ("check", "force"):
+        raise ValueError(f"pipeline.reuse must be 'check' or 'force', got {reuse_mode!r}")
+    from_run = Path(pipe.from_run) if pipe.get("from_run") else None
+    only = list(pipe.only or [])
+    steps: list[Step] = []
+    hashes: dict[str, str | None] = {}  # manifest hash of each stage whose finished copy is used
+    changed: set[str] = set()  # stages (re)run here, or not reported: their outputs will differ
+    problems: dict[str, list[str]] = {}
+    forced: dict[str, list[str]] = {}
+
+    def input_hash(stage: str) -> str | None:
+        if stage in hashes:
+            return hashes[stage]
+        if stage in changed:
+            return None
+        found = locate_stage(cfg, run_dir, stage)
+        manifest = read_manifest(found) if found is not None else None
+        return manifest.get("manifest_hash") if manifest else None
+
+    def check(name: str, found: Path) -> list[str]:
+        manifest = read_manifest(found) or {}
+        needed = {v.get("stage") for v in (manifest.get("inputs") or {}).values()}
+        diff = reuse_diff(manifest, cfg, name, {s: input_hash(s) for s in needed if s})
+        return diff + check_artifacts(found, manifest)
+
+    prefix = True
+    for name in pipe.order:
+        stage_dir = run_dir / "stages" / name
+        own = stage_dir if pipe.skip_done and is_finished(stage_dir) else None
+        remote = finished_stage_dir(from_run, name) if (prefix and from_run is not None) else None
+        reads = {str(s) for s in (cfg.stages[name].get("reads") or {}).values() if s is not None}
+        if only and name not in only:
+            found = own or (remote if prefix else None)
+            if found is None or reads & changed:  # its finished copy was made from older inputs
+                changed.add(name)
+                steps.append(Step(name, "absent"))
+                continue
+            diff = check(name, found)
+            if diff:
+                (forced if reuse_mode == "force" else problems)[name] = diff
+            hashes[name] = (read_manifest(found) or {}).get("manifest_hash")
+            steps.append(Step(name, "report", found, diff=diff))
+            continue
+        step = Step(name, "run", replace=stage_dir.exists())
+        if only:
+            pass  # a stage named in pipeline.only always runs
+        elif own is not None and not (reads & changed):
+            diff = check(name, own)
+            if not diff:
+                step = Step(name, "reuse", own)
+            else:
+                log.warning("stage %s: this run's finished copy does not fit the config any more; "
+                            "rerunning it (the old one moves to %s/):\n%s", name, REPLACED_DIR,
+                            "\n".join(f"  {line}" for line in diff))
+        elif remote is not None and own is None:
+            diff = check(name, remote)
+            if diff:
+                (forced if reuse_mode == "force" else problems)[name] = diff
+            step = Step(name, "reuse", remote, diff=diff)
+        if step.action == "run":
+            changed.add(name)
+            prefix = False
+        else:
+            hashes[name] = (read_manifest(step.dir) or {}).get("manifest_hash")
+        steps.append(step)
+    if problems:
+        where = f"pipeline.from_run={from_run}" if from_run else "this run"
+        raise ReuseMismatchError(
+            f"stages to reuse from {where} were made with a different config or from different "
+            f"inputs; nothing was run. Keys that differ (finished copy -> now):\n"
+            f"{format_diff(problems, str(from_run or run_dir))}\n"
+            "Rerun without pipeline.from_run (or from a matching run), or set pipeline.reuse=force to "
+            "reuse them anyway (recorded in the manifests of the stages run here)."
+        )
+    for name, diff in forced.items():
+        log.warning("stage %s reused despite differences (pipeline.reuse=force):\n%s", name,
+                    "\n".join(f"  {line}" for line in diff))
+    return steps, forced
+
+
+def check_artifacts(stage_dir: Path, manifest: dict) -> list[str]:
+    """Artifacts of a finished stage that are missing or changed size since its manifest (a
+    cheap check of every file, done before reuse)."""
+    bad = []
+    for item in manifest.get("artifacts") or []:
+        path = stage_dir / item["path"]
+        if not path.is_file():
+            bad.append(f"artifact {path} (written by stage {stage_dir.name}) is missing")
+        elif path.stat().st_size != item["bytes"]:
+            bad.append(f"artifact {path} (written by stage {stage_dir.name}) has "
+                       f"{path.stat().st_size} bytes, its manifest says {item['bytes']}: changed or corrupt")
+        if len(bad) >= 5:
+            bad.append("... (further files not checked)")
+            break
+    return bad
+
+
+def prepare_stage_dir(cfg: DictConfig, run_dir: Path, name: str, replace: bool) -> None:
+    """Keep a stage directory's partial artifacts (per-image resume, fit checkpoints) only when
+    they were started by the same config and inputs (``started.json``); move anything else aside
+    to ``<run>/replaced/``. Then record what this attempt starts from."""
+    stage_dir = run_dir / "stages" / name
+    started = {**fingerprint(cfg, name), "inputs": _declared_input_hashes(cfg, run_dir, name)}
+    started.pop("config")
+    if stage_dir.exists():
+        previous = None
+        if (stage_dir / STARTED_FILE).is_file() and not is_finished(stage_dir):
+            try:
+                previous = read_json(stage_dir / STARTED_FILE)
+            except ValueError:
+                previous = None
+        if previous != started or (replace and is_finished(stage_dir)):
+            target = run_dir / REPLACED_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(stage_dir), str(target))
+            log.warning("stage %s: moved the earlier (different or finished) attempt to %s", name, target)
+        else:
+            log.info("stage %s: resuming the interrupted attempt in %s", name, stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json(stage_dir / STARTED_FILE, started)
+
+
+def _declared_input_hashes(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, str | None]:
+    out = {}
+    for role, stage in sorted((cfg.stages[name].get("reads") or {}).items()):
+        if stage is None:
+            continue
+        found = locate_stage(cfg, run_dir, str(stage))
+        manifest = read_manifest(found) if found is not None else None
+        out[str(role)] = manifest.get("manifest_hash") if manifest else None
+    return out
+
+
+def stage_manifest(cfg: DictConfig, ctx: StageContext, forced: dict[str, list[str]]) -> dict:
+    inputs = {}
+    for role, (stage, path) in ctx.used_inputs.items():
+        manifest = read_manifest(path) or {}
+        inputs[role] = {"stage": stage, "dir": str(Path(path).resolve()),
+                        "manifest_hash": manifest.get("manifest_hash")}
+    extra: dict[str, Any] = {"run_dir": str(ctx.run_dir.resolve())}
+    if ctx.resumed:
+        extra["resumed"] = ctx.resumed
+    if forced:
+        extra["reuse_forced"] = forced  # pipeline.reuse=force reused these despite the differences
+    return build_manifest(cfg, ctx.name, ctx.out_dir, inputs, extra,
+                          content_hash=bool(cfg.pipeline.get("content_hash", True)))
 
 
 def _wait_for_rank_zero(stage_dir: Path, timeout_s: float, poll_s: float = 2.0) -> dict:
-    """Under DDP only stages with ``all_ranks: true`` (those that fit or predict with a Trainer)
-    run on every rank; the others run on rank 0 while the rest wait for its metrics.json."""
+    """Under DDP only stages with ``all_ranks: true`` (those that fit or predict with a Trainer,
+    and per-image stages that shard their images) run on every rank; the others run on rank 0
+    while the rest wait for its manifest."""
     deadline = time.monotonic() + timeout_s
-    marker = stage_dir / METRICS_FILE
-    while not marker.is_file():
+    while not is_finished(stage_dir):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"rank {_rank()}: rank 0 did not finish {stage_dir} within "
+            raise TimeoutError(f"rank {rank()}: rank 0 did not finish {stage_dir} within "
                                f"{timeout_s:.0f} s (pipeline.rank_wait_s)")
         time.sleep(poll_s)
     return read_metrics(stage_dir)
@@ -150,31 +372,6 @@ def check_num_classes(cfg: DictConfig) -> None:
             f"data.num_classes={data.num_classes} but {src!r} has {src.num_classes} classes "
             f"({', '.join(src.class_names[:5])}, ...); set data.num_classes={src.num_classes}"
         )
-
-
-def check_threshold_protocol(cfg: DictConfig, run_dir: Path) -> None:
-    """Fail before any training when ``eval_cam`` will run with a ``protocol.threshold_mode``
-    that needs GT masks the data lacks (e.g. ``holdout`` on a folder without masks)."""
-    pipe, name = cfg.pipeline, "eval_cam"
-    if name not in pipe.order or name not in cfg.stages or (pipe.only and name not in pipe.only):
-        return
-    if not pipe.only and _finished_elsewhere(cfg, name, run_dir / "stages" / name, from_run=True):
-        return  # reused, not run
-    if cfg.stages[name].get("_target_") != "wsss.pipeline.stages.eval_cam.run":
-        return
-    from wsss.pipeline.stages.eval_cam import threshold_plan
-
-    threshold_plan(StageContext(cfg, name, run_dir))
-
-
-def _finished_elsewhere(cfg: DictConfig, name: str, stage_dir: Path, from_run: bool) -> Path | None:
-    """A finished copy of this stage to reuse: this run's (``skip_done``) or ``from_run``'s."""
-    pipe = cfg.pipeline
-    candidates = [stage_dir] if pipe.skip_done else []
-    found = next((c for c in candidates if (c / METRICS_FILE).is_file()), None)
-    if found is None and from_run and pipe.get("from_run"):
-        found = finished_stage_dir(Path(pipe.from_run), name)
-    return found
 
 
 def print_summary(results: dict[str, dict]) -> None:

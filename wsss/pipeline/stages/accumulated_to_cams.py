@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -26,9 +25,14 @@ from wsss.functional.cam import normalize_cam
 from wsss.io import load_npz, save_npz
 from wsss.methods.oaa import ACCUMULATED_DIR
 from wsss.pipeline.cam_inference import CAMInference, CAMWriter
-from wsss.pipeline.context import MODEL_FILE, StageContext, load_model
+from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import stage_images
+from wsss.pipeline.manifest import HOLDOUT_KEYS, MODEL_KEYS
+from wsss.pipeline.models import load_stage_model
 
+# What outside stages.accumulated_to_cams shapes its output (its manifest): the network, the data and which
+# images the held-out subset holds; not how thresholds are chosen.
+GLOBAL_KEYS = (*MODEL_KEYS, *HOLDOUT_KEYS)
 
 def accumulated_to_cam(keys: np.ndarray, maps: np.ndarray, labels: np.ndarray,
                        size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -54,11 +58,11 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def run(ctx: StageContext) -> dict:
     p = ctx.params
-    train_dir = ctx.input(p.accumulated_from)
+    train_dir = ctx.read("accumulated")
     acc_dir = train_dir / ACCUMULATED_DIR
     if not acc_dir.is_dir():
         raise FileNotFoundError(
-            f"{acc_dir} not found: stage {p.accumulated_from!r} wrote no accumulated attention "
+            f"{acc_dir} not found: stage {ctx.read_stage('accumulated')!r} wrote no accumulated attention "
             "(train it with method=oaa / method.accumulate=true)"
         )
     dataset = stage_images(ctx, list(p.splits), include_holdout=True)
@@ -78,7 +82,7 @@ def run(ctx: StageContext) -> dict:
         missing_classes += int(len(keys) - np.isin(keys, arrays["keys"]).sum())
         save_npz(cam_dir / f"{image_id}.npz", keys=keys, cams=cams.astype(np.float32))
     if fallback:
-        classifier = load_model(instantiate(ctx.cfg.method), train_dir / MODEL_FILE)
+        classifier = load_stage_model(ctx, "model", to_device=False)  # the Trainer places it
         loader = DataLoader(Subset(dataset, fallback), batch_size=1,
                             num_workers=ctx.cfg.data.module.num_workers, collate_fn=collate_single)
         trainer = ctx.trainer(callbacks=[CAMWriter(cam_dir)], logger=False)

@@ -21,6 +21,7 @@ from wsss.functional.cam import cams_to_label
 from wsss.io import load_npz
 from wsss.metrics.cam_threshold import ThresholdSweep
 from wsss.metrics.segmentation import class_names_iou, scores_from_confusion
+from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import (
     cam_file,
@@ -54,9 +55,9 @@ def threshold_plan(ctx: StageContext) -> tuple[str, list[str], list[str]]:
 
     ``auto`` becomes ``holdout`` when some held-out image has a GT mask, else ``fixed``.
     ``holdout`` without any held-out mask and ``tune_on_eval`` without any mask on the evaluated
-    ids raise :class:`MissingGroundTruthError` (the runner calls this before training).
+    ids raise :class:`MissingGroundTruthError` (:func:`preflight`: before any stage runs).
     """
-    p, proto = ctx.cfg.stages.eval_cam, ctx.cfg.protocol
+    p, proto = ctx.params, ctx.cfg.protocol
     mode = check_threshold_mode(proto.threshold_mode)
     held: list[str] = []
     held_gt: list[str] = []
@@ -89,12 +90,17 @@ def threshold_plan(ctx: StageContext) -> tuple[str, list[str], list[str]]:
     return mode, held, held_gt
 
 
+def preflight(ctx: StageContext) -> None:
+    """Before any stage runs: fail when the threshold mode needs GT masks the data lacks."""
+    threshold_plan(ctx)
+
+
 def run(ctx: StageContext) -> dict:
     p, proto = ctx.params, ctx.cfg.protocol
     configured = check_threshold_mode(proto.threshold_mode)
     mode, held, held_gt = threshold_plan(ctx)
-    make_cam = ctx.input("make_cam")
-    cam_dir = make_cam / read_metrics(make_cam)["cam_dir"]
+    make_cam = ctx.read("cams")
+    cam_dir = cam_dir_of(make_cam)
     thresholds = [float(t) for t in p.thresholds]
 
     reported = eval_ids(ctx, proto.eval_split)

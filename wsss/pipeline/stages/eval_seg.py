@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -19,17 +18,16 @@ from wsss.functional.crf import dense_crf
 from wsss.functional.segmentation import multiscale_probs
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
-from wsss.pipeline.context import MODEL_FILE, StageContext, load_model
+from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import eval_ids, load_rgb, no_gt_note, source, stage_images
+from wsss.pipeline.models import load_stage_model
 from wsss.pipeline.visualize import cam_panel, publish
 
 
 def run(ctx: StageContext) -> dict:
     p = ctx.params
     # Any fit stage with a `module` node and a model.pt (train_seg, train_sec, ...) can be evaluated.
-    model = load_model(instantiate(ctx.cfg.stages[p.model_from].module), ctx.input(p.model_from) / MODEL_FILE)
-    device = torch.device("cuda" if torch.cuda.is_available() and ctx.cfg.trainer.accelerator != "cpu" else "cpu")
-    model.to(device)
+    model, device = load_stage_model(ctx, "model"), ctx.device()
     reported = set(eval_ids(ctx, p.split))
     gt_src = source(ctx, p.split, for_eval=True)
     dataset = stage_images(ctx, [p.split], include_holdout=False)

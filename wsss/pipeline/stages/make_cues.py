@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -33,8 +32,10 @@ from wsss.functional.sec import (
     localization_cues,
 )
 from wsss.io import load_npz, save_label_png
-from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, read_metrics
+from wsss.pipeline.artifacts import cam_dir_of
+from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import cam_file, eval_ids, no_gt_note, source
+from wsss.pipeline.models import load_stage_model
 
 SALIENCY_MODES = ("gradient", "png")
 CUE_DIR = "cues"
@@ -103,21 +104,19 @@ def run(ctx: StageContext) -> dict:
     p, proto = ctx.params, ctx.cfg.protocol
     if p.saliency not in SALIENCY_MODES:
         raise ValueError(f"make_cues.saliency must be one of {SALIENCY_MODES}, got {p.saliency!r}")
-    make_cam = ctx.input("make_cam")
-    cam_dir = make_cam / read_metrics(make_cam)["cam_dir"]
+    make_cam = ctx.read("cams")
+    cam_dir = cam_dir_of(make_cam)
     # null = the CAM threshold eval_cam chose on the held-out subset (weak CAMs are diffuse)
-    fg_fraction = float(p.fg_fraction) if p.fg_fraction is not None else read_metrics(ctx.input("eval_cam"))["threshold"]
+    fg_fraction = (float(p.fg_fraction) if p.fg_fraction is not None
+                   else read_metrics(ctx.read("threshold"))["threshold"])
     src = source(ctx, p.split)
     sal_dir = _saliency_dir(src.root, p.saliency_dir) if p.saliency == "png" else None
     data = ctx.cfg.data.module
     job = _CueInputs(src.ids, src, cam_dir, int(p.grid_size), p.saliency, sal_dir, int(p.input_size),
                      data.mean, data.std)  # fmt: skip
-    classifier, device = None, torch.device("cpu")
+    classifier, device = None, ctx.device()
     if p.saliency == "gradient":
-        classifier = load_model(instantiate(ctx.cfg.method), ctx.input("train_cls") / MODEL_FILE)
-        if torch.cuda.is_available() and ctx.cfg.trainer.accelerator != "cpu":
-            device = torch.device("cuda")
-        classifier.to(device)
+        classifier = load_stage_model(ctx, "model")
 
     evaluated = set(eval_ids(ctx, proto.eval_split))
     gt_src = source(ctx, proto.eval_split, for_eval=True)

@@ -1,4 +1,4 @@
-"""Stage `make_ins_seg_labels`: IRN instance pseudo labels (``make_ins_seg_labels.py``, METHODS 3.6).
+"""Stage `make_ins_seg_labels`: IRN instance pseudo labels (``make_ins_seg_labels.py``, docs/methods.md, "IRNet").
 
 Per image: displacement field -> centroids (300 steps) -> instance map (weak-displacement
 components, |D| < 2.5); class CAM x instance seeds walked on the boundary affinities (radius 5,
@@ -22,18 +22,11 @@ from tqdm import tqdm
 from wsss.functional.irn import instance_masks_from_walk, instances_from_displacement
 from wsss.io import save_npz
 from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from_semantic
+from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, stage_images, with_gt
-from wsss.pipeline.stages.calibrate_irn import load_calibrated_irn
-from wsss.pipeline.stages.make_affinity_labels import cam_dir_of
-from wsss.pipeline.stages.make_sem_seg_labels import (
-    STRIDE,
-    floored,
-    irn_outputs,
-    seed_floor,
-    stride4_cams,
-)
-from wsss.pipeline.stages.train_refiner import torch_threads
+from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
+from wsss.pipeline.models import load_calibrated_irn, torch_threads
 
 
 def gt_instances(src, image_id: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -55,13 +48,14 @@ def run(ctx: StageContext) -> dict:
 
 def _run(ctx: StageContext) -> dict:
     p = ctx.params
-    # "make_sem_seg_labels": the background threshold that stage used (e.g. its held-out choice).
+    # "make_sem_seg_labels": the background threshold the stage read as `sem_labels` used
+    # (e.g. its held-out choice).
     bg = p.bg_threshold
     if bg == "make_sem_seg_labels":
-        bg = read_metrics(ctx.input("make_sem_seg_labels"))["bg_threshold"]
+        bg = read_metrics(ctx.read("sem_labels"))["bg_threshold"]
     bg = float(bg)
-    model = load_calibrated_irn(ctx, p.calibrate_from)
-    cam_dir = cam_dir_of(ctx)
+    model = load_calibrated_irn(ctx)
+    cam_dir = cam_dir_of(ctx.read("cams"))
     floor = seed_floor(ctx, p.get("seed_floor"))
     gt_src = source(ctx, ctx.cfg.protocol.eval_split, for_eval=True)
     reported = set(eval_ids(ctx, ctx.cfg.protocol.eval_split))
@@ -73,7 +67,7 @@ def _run(ctx: StageContext) -> dict:
         item = dataset[index]
         name, size = item["name"], item["size"]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
-        boundary, displacement = irn_outputs(model, item["image"])
+        boundary, displacement = model.edge_displacement(item["image"])
         instance_map = instances_from_displacement(displacement, p.displacement_threshold, p.n_iter)
         result = instance_masks_from_walk(
             stride4_cams(floored(cams, floor), tuple(boundary.shape)), keys, boundary, instance_map, size,

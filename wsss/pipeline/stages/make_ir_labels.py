@@ -1,4 +1,4 @@
-"""Stage `make_ir_labels`: IRN inter-pixel relation labels from CAMs (METHODS.md 3.3).
+"""Stage `make_ir_labels`: IRN inter-pixel relation labels from CAMs (docs/methods.md, "IRNet").
 
 Per image: argmax of [fg_threshold (0.30), CAMs] and of [bg_threshold (0.05), CAMs], each
 refined by IRN's label dense CRF (unary from labels, gt_prob 0.7, bilateral 50/5/10). Foreground
@@ -20,14 +20,11 @@ from wsss.data.labels import channels_to_label
 from wsss.functional.affinity import irn_label_from_cams
 from wsss.functional.crf import dense_crf_labels
 from wsss.io import save_label_png
+from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import load_cams, load_rgb, source
-from wsss.pipeline.stages.make_affinity_labels import (
-    LabelScore,
-    cam_baseline,
-    cam_dir_of,
-    run_per_image,
-)
+from wsss.pipeline.per_image import run_per_image
+from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
 def _conf_label(cams: np.ndarray, threshold: float, image: np.ndarray, crf: dict) -> np.ndarray:
@@ -50,7 +47,7 @@ def run(ctx: StageContext) -> dict:
     p = ctx.params
     src = source(ctx, p.split)
     crf = OmegaConf.to_container(p.crf_params, resolve=True)
-    work = functools.partial(_ir_label, cam_dir=cam_dir_of(ctx), src=src, out_dir=ctx.out_dir / "labels",
+    work = functools.partial(_ir_label, cam_dir=cam_dir_of(ctx.read("cams")), src=src, out_dir=ctx.out_dir / "labels",
                              fg=float(p.fg_threshold), bg=float(p.bg_threshold), crf=crf)
     score = LabelScore(ctx)
     for item in run_per_image(src.ids, work, p.num_workers, "make_ir_labels"):

@@ -9,8 +9,6 @@ Work runs in DataLoader workers (the CRF is CPU bound).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -21,6 +19,7 @@ from wsss.data.labels import IGNORE
 from wsss.functional.crf import dense_crf
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
+from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source, with_gt
 
@@ -61,9 +60,9 @@ class _PseudoLabelJob(Dataset):
 
 def run(ctx: StageContext) -> dict:
     p, proto = ctx.params, ctx.cfg.protocol
-    make_cam = ctx.input("make_cam")
-    cam_dir = make_cam / read_metrics(make_cam)["cam_dir"]
-    threshold = float(p.threshold) if p.threshold is not None else read_metrics(ctx.input("eval_cam"))["threshold"]
+    make_cam = ctx.read("cams")
+    cam_dir = cam_dir_of(make_cam)
+    threshold = float(p.threshold) if p.threshold is not None else read_metrics(ctx.read("threshold"))["threshold"]
     crf = OmegaConf.to_container(p.crf_params, resolve=True) if p.crf else None
     ids = source(ctx, p.split).ids
     job = _PseudoLabelJob(ids, cam_dir, source(ctx, p.split), ctx.out_dir, threshold, p.ignore_margin, crf)
@@ -106,7 +105,3 @@ def run(ctx: StageContext) -> dict:
         out["note"] = no_gt_note(proto.eval_split, len(reported))
     return out
 
-
-def label_dir(stage_dir: Path) -> Path:
-    """The label directory a finished make_pseudo_labels stage says downstream should use."""
-    return stage_dir / read_metrics(stage_dir)["label_dir"]

@@ -1,4 +1,4 @@
-"""Stage `make_sem_seg_labels`: IRN semantic pseudo labels (``make_sem_seg_labels.py``, METHODS 3.5).
+"""Stage `make_sem_seg_labels`: IRN semantic pseudo labels (``make_sem_seg_labels.py``, docs/methods.md, "IRNet").
 
 Per image: IRNet boundary ``B`` = sigmoid of the mean of the image's and the flipped-back flip's
 logits (stride 4); stride-4 CAMs (the full-resolution CAMs area-resized to the boundary grid and
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from wsss.functional.cam import cams_to_label
 from wsss.functional.random_walk import irn_scores_to_label, irn_semantic_scores, upsample_scores
 from wsss.io import save_label_png
 from wsss.metrics.cam_threshold import ThresholdSweep
-from wsss.pipeline.context import StageContext, read_metrics
+from wsss.pipeline.artifacts import cam_dir_of
+from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import (
     images_of,
     load_cams,
@@ -33,47 +33,10 @@ from wsss.pipeline.image_sets import (
     threshold_ids,
     with_gt,
 )
+from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
+from wsss.pipeline.models import load_calibrated_irn, torch_threads
 from wsss.pipeline.protocol import MissingGroundTruthError
-from wsss.pipeline.stages.calibrate_irn import load_calibrated_irn
-from wsss.pipeline.stages.make_affinity_labels import LabelScore, cam_baseline, cam_dir_of
-from wsss.pipeline.stages.train_refiner import torch_threads
-
-STRIDE = 4  # IRNet's output stride
-
-
-@torch.no_grad()
-def irn_outputs(model: torch.nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """IRN ``EdgeDisplacement``: boundary probabilities ``(h, w)`` from the flip-averaged logits
-    and the displacement ``(2, h, w)`` of the unflipped image (mean shift applied in eval mode).
-
-    Shape:
-        - image: ``(3, H, W)`` normalised
-    """
-    device = model.mean_shift.device
-    batch = torch.stack([image, image.flip(-1)]).to(device)
-    logits, displacement = model(batch)
-    boundary = torch.sigmoid((logits[0, 0] + logits[1, 0].flip(-1)) / 2)
-    return boundary.cpu(), displacement[0].cpu()
-
-
-def stride4_cams(cams: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Full-resolution ``(K, H, W)`` CAMs on the ``grid`` (area resize), max-normalised per class."""
-    if cams.shape[0] == 0:
-        return cams.new_zeros((0, *grid))
-    small = F.interpolate(cams[None].float(), size=grid, mode="area")[0]
-    return small / (small.amax(dim=(-2, -1), keepdim=True) + 1e-5)
-
-
-def seed_floor(ctx: StageContext, floor: float | str | None) -> float | None:
-    """``None``, a number, or ``"eval_cam"``: the background threshold eval_cam chose (held out)."""
-    if floor == "eval_cam":
-        return float(read_metrics(ctx.input("eval_cam"))["threshold"])
-    return None if floor is None else float(floor)
-
-
-def floored(cams: torch.Tensor, floor: float | None) -> torch.Tensor:
-    """``relu(cams - floor) / (1 - floor)``: drops the flat CAM floor below ``floor`` (synthetic)."""
-    return cams if floor is None else (cams - floor).clamp_min(0) / max(1.0 - floor, 1e-5)
+from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
 def run(ctx: StageContext) -> dict:
@@ -85,7 +48,7 @@ def walk_scores(model: torch.nn.Module, item: dict, cams: torch.Tensor, floor: f
                 p) -> torch.Tensor:  # fmt: skip
     """Upsampled IRN walk scores ``(K, H, W)`` of one image (divide by the global max and prepend
     a constant background to get the label)."""
-    boundary, _ = irn_outputs(model, item["image"])
+    boundary, _ = model.edge_displacement(item["image"])
     scores = irn_semantic_scores(stride4_cams(floored(cams, floor), tuple(boundary.shape)), boundary,
                                  p.radius, p.beta, p.exp_times)  # fmt: skip
     return upsample_scores(scores, item["size"], STRIDE)
@@ -117,8 +80,8 @@ def holdout_bg_threshold(ctx: StageContext, model: torch.nn.Module, cam_dir, flo
 
 def _run(ctx: StageContext) -> dict:
     p = ctx.params
-    model = load_calibrated_irn(ctx, p.calibrate_from)
-    cam_dir = cam_dir_of(ctx)
+    model = load_calibrated_irn(ctx)
+    cam_dir = cam_dir_of(ctx.read("cams"))
     floor = seed_floor(ctx, p.get("seed_floor"))
     bg, chosen = p.bg_threshold, {}
     if bg == "holdout":

@@ -49,15 +49,12 @@ from wsss.io import load_label_png, save_label_png, write_json
 from wsss.methods.mcof import RegionNet, fit_region_net, region_probs
 from wsss.metrics.segmentation import SegmentationMetric
 from wsss.pipeline.collapse import collapse_guard
-from wsss.pipeline.context import MODEL_FILE, StageContext, init_backbone, load_model, read_metrics, save_model
+from wsss.pipeline.artifacts import cam_dir_of
+from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
 from wsss.pipeline.image_sets import eval_ids, images_of, load_cams, source, with_gt
+from wsss.pipeline.models import init_from, load_stage_model
 
 log = logging.getLogger(__name__)
-
-
-def _device(ctx: StageContext) -> torch.device:
-    gpu = torch.cuda.is_available() and ctx.cfg.trainer.accelerator != "cpu"
-    return torch.device("cuda" if gpu else "cpu")
 
 
 def _saliency_dir(root: Path, directory: str | None) -> Path | None:
@@ -75,7 +72,7 @@ def _saliency_dir(root: Path, directory: str | None) -> Path | None:
 def extract_regions(ctx: StageContext, backbone: torch.nn.Module, ids: list[str], cam_dir: Path,
                     sal_dir: Path | None) -> dict[str, dict]:  # fmt: skip
     """Per image: superpixels, pooled features (float16), pooled CAM scores, keys, saliency."""
-    p, device = ctx.params, _device(ctx)
+    p, device = ctx.params, ctx.device()
     levels = list(p.feature_levels) if p.feature_levels else list(backbone.channels)
     backbone = backbone.to(device).eval()
     dataset = images_of(ctx, p.split, ids)
@@ -113,7 +110,7 @@ def _label_miou(labels: dict[str, torch.Tensor], gt_src, evaluated: list[str], n
 def _predict(ctx: StageContext, model: torch.nn.Module, split: str, ids: list[str],
              restrict: bool) -> dict[str, torch.Tensor]:  # fmt: skip
     """Single-scale argmax of ``model`` per id ((H, W) int64), optionally over bg + image classes."""
-    device, out = _device(ctx), {}
+    device, out = ctx.device(), {}
     dataset = images_of(ctx, split, ids)
     model.eval().to(device)
     for index in range(len(dataset)):
@@ -126,16 +123,17 @@ def _predict(ctx: StageContext, model: torch.nn.Module, split: str, ids: list[st
     return out
 
 
-def _train_pixelnet(ctx: StageContext, labels: Path) -> torch.nn.Module:
+def _train_pixelnet(ctx: StageContext, labels: Path, it_dir: Path) -> torch.nn.Module:
     p = ctx.params
     model = instantiate(p.module)
-    if p.get("init_from"):
-        init_backbone(model, ctx.input(p.init_from) / MODEL_FILE)
+    init_from(ctx, model)  # optional role `init`: a classifier's backbone (as train_seg)
     datamodule = ctx.datamodule(mode="segmentation", train_split=p.split, label_dir=str(labels),
                                 batch_size=p.batch_size, crop_size=p.crop_size,
                                 scale_range=list(p.scale_range))  # fmt: skip
-    trainer = ctx.trainer(max_epochs=int(p.max_epochs), limit_val_batches=0, logger=False)
-    trainer.fit(model, datamodule=datamodule)
+    # An iteration killed mid-fit resumes from iter_<t>/checkpoints/last.ckpt.
+    ctx.fit(model, checkpoint_dir=it_dir / "checkpoints",
+            trainer_kwargs={"max_epochs": int(p.max_epochs), "limit_val_batches": 0, "logger": False},
+            datamodule=datamodule)
     return model
 
 
@@ -144,9 +142,9 @@ def run(ctx: StageContext) -> dict:
     if int(p.iterations) < 1:
         raise ValueError(f"stages.{ctx.name}.iterations must be >= 1, got {p.iterations}")
     cams = ctx.read("cams")
-    cam_dir = cams / read_metrics(cams)["cam_dir"]
+    cam_dir = cam_dir_of(cams)
     threshold = float(p.threshold) if p.threshold is not None else float(read_metrics(ctx.read("threshold"))["threshold"])
-    classifier = load_model(instantiate(ctx.cfg.method), ctx.read("classifier") / MODEL_FILE)
+    classifier = load_stage_model(ctx, "classifier", to_device=False)
     src = source(ctx, p.split)
     ids = list(src.ids)
     sal_dir = _saliency_dir(src.root, p.saliency_dir)
@@ -191,7 +189,7 @@ def run(ctx: StageContext) -> dict:
             refined[name] = paint_regions(label, r["segments"])
             save_label_png(it_dir / "labels" / f"{name}.png", refined[name].numpy().astype(np.uint8))
         # 4. PixelNet on the refined regions
-        model = _train_pixelnet(ctx, it_dir / "labels")
+        model = _train_pixelnet(ctx, it_dir / "labels", it_dir)
         save_model(model, it_dir / MODEL_FILE)
         metrics: dict = {"iteration": t, "seed_miou": _label_miou(seeds_px, gt_src, evaluated, n),
                          "region_miou": _label_miou(refined, gt_src, evaluated, n),

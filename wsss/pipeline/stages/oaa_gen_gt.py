@@ -22,6 +22,7 @@ from wsss.io import save_label_png
 from wsss.functional.oaa import oaa_proxy_labels
 from wsss.data.labels import IGNORE
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
+from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, with_gt
 
@@ -56,7 +57,7 @@ def load_saliency(folder: Path, image_id: str, size: tuple[int, int]) -> torch.T
 def run(ctx: StageContext) -> dict:
     p, proto = ctx.params, ctx.cfg.protocol
     cams = ctx.read("cams")
-    cam_dir = cams / read_metrics(cams)["cam_dir"]
+    cam_dir = cam_dir_of(cams)
     src = source(ctx, p.split)
     sal_dir = saliency_folder(src.root, p.saliency_dir, f"stages.{ctx.name}.saliency_dir")
     thresholds = {k: float(p[k]) for k in ("fg_threshold", "conflict", "attention_threshold", "min_foreground")}

@@ -1,4 +1,4 @@
-"""Stage `random_walk`: AffinityNet semantic pseudo labels (PSA ``infer_aff.py``, METHODS.md 2.5).
+"""Stage `random_walk`: AffinityNet semantic pseudo labels (PSA ``infer_aff.py``, docs/methods.md, "PSA / AffinityNet").
 
 Per image: AffinityNet embedding at stride ``s``; seeds [(1 - max CAM)^alpha (16), CAMs] at full
 resolution, zero-padded to the feature grid, ``s x s`` average-pooled; random walk with
@@ -12,27 +12,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from tqdm import tqdm
 
 from wsss.functional.cam import background_power
 from wsss.functional.random_walk import random_walk_from_features, upsample_scores
 from wsss.io import load_npz, save_label_png
-from wsss.pipeline.context import MODEL_FILE, StageContext, load_model
+from wsss.pipeline.artifacts import cam_dir_of
+from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import cam_file, stage_images
-from wsss.pipeline.stages.make_affinity_labels import LabelScore, cam_baseline, cam_dir_of
-from wsss.pipeline.stages.train_refiner import torch_threads
-
-
-def inference_device(ctx: StageContext) -> torch.device:
-    use_gpu = torch.cuda.is_available() and ctx.cfg.trainer.accelerator != "cpu"
-    return torch.device("cuda" if use_gpu else "cpu")
-
-
-def load_stage_model(ctx: StageContext, stage: str) -> torch.nn.Module:
-    """The ``module`` of fit stage ``stage`` with its saved weights, in eval mode, on device."""
-    model = load_model(instantiate(ctx.cfg.stages[stage].module), ctx.input(stage) / MODEL_FILE)
-    return model.to(inference_device(ctx))
+from wsss.pipeline.models import load_stage_model, torch_threads
+from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
 def pool_to_grid(scores: torch.Tensor, grid: tuple[int, int], stride: int) -> torch.Tensor:
@@ -55,9 +44,9 @@ def run(ctx: StageContext) -> dict:
 @torch.no_grad()
 def _run(ctx: StageContext) -> dict:
     p = ctx.params
-    model = load_stage_model(ctx, p.model_from)
+    model = load_stage_model(ctx, "model")
     stride = model.stride
-    cam_dir = cam_dir_of(ctx)
+    cam_dir = cam_dir_of(ctx.read("cams"))
     dataset = stage_images(ctx, [p.split], include_holdout=False)
     walked, seeded = LabelScore(ctx), LabelScore(ctx)
     for index in tqdm(range(len(dataset)), desc="random_walk"):

@@ -1,11 +1,11 @@
 """Stage `self_train`: iterative self-training of the segmentation network (MCOF-style rounds).
 
-Round 0 trains ``module`` on the labels of ``labels_from`` (any CAM method's pseudo-labels).
+Round 0 trains ``module`` on the labels of role ``labels`` (any CAM method's pseudo-labels).
 After each round the network predicts the training split; predictions are restricted to the
 image's classes, optionally refined (dense CRF, confidence threshold, SLIC superpixel majority
 vote) and become the labels of the next round. Everything of round k lives in ``round_<k>/``
 (``labels/``, ``model.pt``, ``metrics.json``); the last round's weights are also ``model.pt`` of
-the stage so ``eval_seg`` (``model_from: self_train``) can evaluate them.
+the stage so ``eval_seg`` (``reads.model: self_train``) can evaluate them.
 
 Per round the metrics show whether rounds help: ``pseudo_miou`` (labels trained on, eval split),
 ``pred_miou`` / ``refined_miou`` (this round's raw / refined predictions on the eval split,
@@ -40,10 +40,11 @@ from wsss.functional.refine import (
 from wsss.functional.segmentation import multiscale_probs
 from wsss.io import load_label_png, read_json, save_label_png, write_json
 from wsss.metrics.segmentation import SegmentationMetric
+from wsss.pipeline.artifacts import label_dir
 from wsss.pipeline.collapse import collapse_guard, label_foreground_fraction
-from wsss.pipeline.context import MODEL_FILE, StageContext, init_backbone, load_model, save_model
+from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
 from wsss.pipeline.image_sets import eval_ids, no_gt_note, source, stage_images, with_gt
-from wsss.pipeline.stages.make_pseudo_labels import label_dir
+from wsss.pipeline.models import init_from
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,6 @@ class _Refiner:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _device(ctx: StageContext) -> torch.device:
-    gpu = torch.cuda.is_available() and ctx.cfg.trainer.accelerator != "cpu"
-    return torch.device("cuda" if gpu else "cpu")
-
-
 def _loader(ctx: StageContext, split: str) -> DataLoader:
     dataset = stage_images(ctx, [split], include_holdout=False)
     return DataLoader(dataset, batch_size=1, num_workers=int(ctx.cfg.data.module.num_workers),
@@ -125,7 +121,7 @@ def val_miou(ctx: StageContext, model: torch.nn.Module, split: str) -> float | N
     reported = set(with_gt(gt_src, eval_ids(ctx, split)))
     if not reported:
         return None
-    metric, device = SegmentationMetric(ctx.cfg.data.num_classes + 1), _device(ctx)
+    metric, device = SegmentationMetric(ctx.cfg.data.num_classes + 1), ctx.device()
     for batch in tqdm(_loader(ctx, split), desc=f"self_train[{split}]", leave=False):
         name = batch["name"][0]
         if name in reported:
@@ -141,10 +137,9 @@ def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, eva
 
     With ``target_fg`` (``match_foreground``), the background probability is scaled so that the
     predictions label that foreground fraction of the split (the fraction of the labels this
-    round trained on), before refinement: without it each round's segmenter under-predicts the
-    minority foreground a little and the labels shrink round after round to all background.
+    round trained on), before refinement, so the labels cannot shrink round after round.
     """
-    p, device = ctx.params, _device(ctx)
+    p, device = ctx.params, ctx.device()
     crf = OmegaConf.to_container(p.crf_params, resolve=True) if p.crf else None
     sp = OmegaConf.to_container(p.superpixel_params, resolve=True) if p.superpixel else None
     gt_src = source(ctx, ctx.cfg.protocol.eval_split, for_eval=True)
@@ -192,13 +187,15 @@ def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, eva
             "pred_fg_fraction_train": raw_fg, "target_fg_fraction": target_fg, "background_scale": scale}
 
 
-def train_round(ctx: StageContext, labels: Path, model: torch.nn.Module) -> torch.nn.Module:
+def train_round(ctx: StageContext, labels: Path, model: torch.nn.Module, round_dir: Path) -> torch.nn.Module:
     p = ctx.params
     datamodule = ctx.datamodule(mode="segmentation", train_split=p.split, label_dir=str(labels),
                                 batch_size=p.batch_size, crop_size=p.crop_size,
                                 scale_range=list(p.scale_range))  # fmt: skip
-    trainer = ctx.trainer(max_epochs=int(p.max_epochs), limit_val_batches=0, logger=False)
-    trainer.fit(model, datamodule=datamodule)
+    # A round killed mid-fit resumes from round_<k>/checkpoints/last.ckpt.
+    ctx.fit(model, checkpoint_dir=round_dir / "checkpoints",
+            trainer_kwargs={"max_epochs": int(p.max_epochs), "limit_val_batches": 0, "logger": False},
+            datamodule=datamodule)
     return model
 
 
@@ -206,7 +203,7 @@ def run(ctx: StageContext) -> dict:
     p, proto = ctx.params, ctx.cfg.protocol
     if int(p.rounds) < 1:
         raise ValueError(f"self_train.rounds must be >= 1, got {p.rounds}")
-    labels = label_dir(ctx.input(p.labels_from))
+    labels = label_dir(ctx.read("labels"))
     split_ids = set(source(ctx, p.split).ids)
     reported = set(eval_ids(ctx, proto.eval_split)) & split_ids
     evaluated = set(with_gt(source(ctx, proto.eval_split, for_eval=True), reported))  # scored: with GT
@@ -225,11 +222,10 @@ def run(ctx: StageContext) -> dict:
                          "pseudo_miou": label_miou(ctx, labels, eval_list)}  # fmt: skip
         if model is None or p.reinit:
             model = instantiate(p.module)
-            if p.get("init_from"):  # synthetic runs: the classifier's backbone stands in for ImageNet
-                init_backbone(model, ctx.input(p.init_from) / MODEL_FILE)
-        model = train_round(ctx, labels, model.train())
+            init_from(ctx, model)  # optional role `init`: a classifier's backbone (no ImageNet offline)
+        model = train_round(ctx, labels, model.train(), round_dir)
         save_model(model, round_dir / MODEL_FILE)
-        model.eval().to(_device(ctx))
+        model.eval().to(ctx.device())
         metrics["val_miou"] = val_miou(ctx, model, ctx.cfg.data.module.val_split)
         metrics.update(collapse_guard(ctx, model, labels, split_ids, tag=f"round {k}"))
         if k + 1 < int(p.rounds) or p.predict_last:
@@ -243,7 +239,7 @@ def run(ctx: StageContext) -> dict:
         model.cpu()
     save_model(model, ctx.out_dir / MODEL_FILE)
 
-    out: dict = {"rounds": int(p.rounds), "labels_from": p.labels_from, "split": p.split,
+    out: dict = {"rounds": int(p.rounds), "labels_from": ctx.read_stage("labels"), "split": p.split,
                  "eval_split": proto.eval_split, "round_metrics": per_round,
                  "refinement": f"crf={bool(p.crf)}, confidence={float(p.confidence)}, "
                                f"superpixel={bool(p.superpixel)}, restrict_to_labels={bool(p.restrict_to_labels)}"}
@@ -257,7 +253,7 @@ def run(ctx: StageContext) -> dict:
     else:
         out["val_miou_gain"] = per_round[-1]["val_miou"] - per_round[0]["val_miou"]
         out["best_round"] = int(np.argmax([m["val_miou"] for m in per_round]))
-    out["note"] = "val_miou: single-scale monitor; eval_seg (model_from: self_train) reports the final model"
+    out["note"] = "val_miou: single-scale monitor; eval_seg (reads.model: self_train) reports the final model"
     if not evaluated:
         out["note"] += "; " + no_gt_note(proto.eval_split, len(reported))
     return out

@@ -5,7 +5,10 @@ from __future__ import annotations
 from hydra.utils import instantiate
 
 from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
+from wsss.pipeline.manifest import MODEL_KEYS
 
+# What outside stages.train_cls shapes its output (its manifest; not the evaluation protocol).
+GLOBAL_KEYS = MODEL_KEYS
 
 def run(ctx: StageContext) -> dict[str, float]:
     p = ctx.params
@@ -17,9 +20,9 @@ def run(ctx: StageContext) -> dict[str, float]:
         "crop_size": p.crop_size, "scale_range": list(p.scale_range),
         "scale_mode": p.get("scale_mode", "factor"), **extra,
     })
-    trainer = ctx.trainer(max_epochs=p.max_epochs, **(p.get("trainer") or {}))
-    trainer.fit(model, datamodule=datamodule)
+    trainer = ctx.fit(model, trainer_kwargs={"max_epochs": p.max_epochs, **(p.get("trainer") or {})},
+                      datamodule=datamodule)
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
-    return {"epochs": p.max_epochs, "split": p.split, **metrics}
+    return {"epochs": p.max_epochs, "steps": int(trainer.global_step), "split": p.split, **metrics}

@@ -2,9 +2,8 @@
 
 Inputs follow ``OAA:scripts/train_iam.py``: un-augmented images (here: long side ``size``,
 zero-padded to ``size`` x ``size`` so they batch), targets = the accumulated map of each gt
-class (resized to the image, padded with 0), 0 for the other classes. Also ``make_cams``: the
-make_cam stage for a model trained by another stage (``model_from``, its ``module`` config),
-used as the OAA+ pipeline's ``make_cam`` so eval_cam / make_pseudo_labels read IAM CAMs.
+class (resized to the image, padded with 0), 0 for the other classes. Its CAMs come from the
+``make_cam`` stage reading this stage as ``model`` (conf/stage/make_iam_cam.yaml).
 """
 
 from __future__ import annotations
@@ -17,15 +16,16 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset
 
-from wsss.data.datasets import collate_single
 from wsss.data.sources import Source
 from wsss.data.transforms import build_eval_transform, finalize, to_tv_tensors
 from wsss.io import load_npz
 from wsss.methods.oaa import ACCUMULATED_DIR
-from wsss.pipeline.cam_inference import CAMInference, CAMWriter
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
-from wsss.pipeline.image_sets import source, stage_images
+from wsss.pipeline.image_sets import source
+from wsss.pipeline.manifest import MODEL_KEYS
 
+# What outside stages.train_iam shapes its output (its manifest; not the evaluation protocol).
+GLOBAL_KEYS = MODEL_KEYS
 
 class IAMDataset(Dataset):
     """dict(image (3, S, S), target (C, S, S) in [0, 1], labels (C,), name) for ids with maps."""
@@ -58,39 +58,24 @@ class IAMDataset(Dataset):
 
 def run(ctx: StageContext) -> dict:
     p, data = ctx.params, ctx.cfg.data.module
-    train_dir = ctx.input(p.accumulated_from)
+    train_dir = ctx.read("accumulated")
     src = source(ctx, p.split)
     dataset = IAMDataset(src, train_dir / ACCUMULATED_DIR, int(p.size), list(data.mean),
                          list(data.std), ctx.cfg.data.num_classes)  # fmt: skip
     loader = DataLoader(dataset, batch_size=p.batch_size, shuffle=True, num_workers=data.num_workers,
                         drop_last=len(dataset) > p.batch_size, persistent_workers=data.num_workers > 0)
     model = instantiate(p.module)
-    if p.init_from:  # start from a trained classifier of the same architecture
-        state = torch.load(ctx.input(p.init_from) / MODEL_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+    init = ctx.read_optional("init")  # start from a trained classifier of the same architecture
+    if init is not None:
+        load_model(model, init / MODEL_FILE).train()
         # Every layer now holds trained weights: none is new, so none gets the new-layer lr
         # multiplier (meant for randomly initialised convs; 10x would hit the trained extra convs).
         model.new_lr_mult = 1.0
-    trainer = ctx.trainer(max_epochs=p.max_epochs, limit_val_batches=0)
-    trainer.fit(model, train_dataloaders=loader)
+    trainer = ctx.fit(model, trainer_kwargs={"max_epochs": p.max_epochs, "limit_val_batches": 0},
+                      train_dataloaders=loader)
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     loss = trainer.callback_metrics.get("train/loss")
     return {"epochs": p.max_epochs, "split": p.split, "num_images": len(dataset),
-            "init_from": p.init_from, "new_lr_mult": float(model.new_lr_mult), "train_loss": float(loss) if loss is not None else float("nan")}
-
-
-def make_cams(ctx: StageContext) -> dict:
-    """make_cam for the model of stage ``model_from`` (built from its ``module`` config)."""
-    p = ctx.params
-    module = instantiate(ctx.cfg.stages[p.model_from].module)
-    classifier = load_model(module, ctx.input(p.model_from) / MODEL_FILE)
-    dataset = stage_images(ctx, list(p.splits), include_holdout=True)
-    loader = DataLoader(dataset, batch_size=1, num_workers=ctx.cfg.data.module.num_workers,
-                        collate_fn=collate_single)
-    trainer = ctx.trainer(callbacks=[CAMWriter(ctx.out_dir / "cams")], logger=False)
-    trainer.predict(CAMInference(classifier, p.scales, p.flip), loader, return_predictions=False)
-    return {"num_images": len(dataset), "scales": list(p.scales), "flip": bool(p.flip),
-            "splits": list(p.splits), "cam_dir": "cams", "model_from": p.model_from,
-            "includes": f"CAMs of the {p.model_from} model"}
+            "init_from": ctx.reads.get("init"), "new_lr_mult": float(model.new_lr_mult), "train_loss": float(loss) if loss is not None else float("nan")}
 

@@ -1,30 +1,27 @@
 """Stage `train_sec`: fit the SEC segmenter (seed + expand + constrain) on the cues of `make_cues`.
 
 The SEC network is also the final segmenter (SEC has no pseudo-label stage): evaluate it with
-``eval_seg`` and ``model_from: train_sec``.
+``eval_seg`` and ``reads.model: train_sec``.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from wsss.data.cues import CueDataset
+from wsss.pipeline.artifacts import cue_dir_of
 from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
 from wsss.pipeline.image_sets import source
+from wsss.pipeline.manifest import MODEL_KEYS
 
-
-def cue_dir_of(stage_dir: Path) -> Path:
-    """The cue folder a finished ``make_cues`` stage wrote."""
-    return stage_dir / read_metrics(stage_dir)["cue_dir"]
-
+# What outside stages.train_sec shapes its output (its manifest; not the evaluation protocol).
+GLOBAL_KEYS = MODEL_KEYS
 
 def run(ctx: StageContext) -> dict:
     p = ctx.params
-    cues_stage = ctx.input(p.cues_from)
+    cues_stage = ctx.read("cues")
     data = ctx.cfg.data.module
     dataset = CueDataset(source(ctx, p.split), cue_dir_of(cues_stage), int(p.input_size), data.mean,
                          data.std, resize=p.resize, scale_range=list(p.scale_range),
@@ -39,10 +36,10 @@ def run(ctx: StageContext) -> dict:
         val_data = ctx.datamodule(mode="segmentation")
         if val_data.has_val_masks():  # the val mIoU monitor needs GT masks
             val = val_data.val_dataloader()
-    trainer = ctx.trainer(max_epochs=int(p.max_epochs), check_val_every_n_epoch=int(p.val_every_n_epochs or 1),
-                          limit_val_batches=1.0 if val is not None else 0)  # fmt: skip
+    trainer_kwargs = {"max_epochs": int(p.max_epochs), "check_val_every_n_epoch": int(p.val_every_n_epochs or 1),
+                      "limit_val_batches": 1.0 if val is not None else 0}  # fmt: skip
     try:
-        trainer.fit(model, train_dataloaders=loader, val_dataloaders=val)
+        trainer = ctx.fit(model, trainer_kwargs=trainer_kwargs, train_dataloaders=loader, val_dataloaders=val)
     finally:
         model.close_pool()  # also done in teardown; here for an interrupted fit
     if trainer.is_global_zero:

@@ -1,0 +1,77 @@
+"""Per-image work of a stage: run in DataLoader workers (CPU-bound CRFs, walks), skip images
+whose outputs an interrupted attempt already wrote."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+
+class PerImage(Dataset):
+    """Runs ``work(image_id) -> dict`` per item, so DataLoader workers share the CPU-bound work."""
+
+    def __init__(self, ids: list[str], work: Callable[[str], dict]) -> None:
+        self.ids, self.work = ids, work
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        torch.set_num_threads(1)  # CPU is shared between workers (and other jobs)
+        return self.work(self.ids[index])
+
+
+def _as_is(item: dict) -> dict:
+    return item  # keep numpy arrays as they are (the default collate makes tensors)
+
+
+def run_per_image(ids: list[str], work: Callable[[str], dict], num_workers: int, desc: str) -> Iterable[dict]:
+    loader = DataLoader(PerImage(ids, work), batch_size=None, num_workers=num_workers,
+                        collate_fn=_as_is)
+    yield from tqdm(loader, total=len(ids), desc=desc)
+
+
+def valid_npz(path: Path, keys: Sequence[str] = ()) -> bool:
+    """Whether ``path`` is a complete .npz holding ``keys`` (reads the zip directory only).
+
+    Files are written atomically (temp file + rename), so a present file is complete unless it
+    was damaged afterwards; a truncated one fails here and is recomputed."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return all(key in data.files for key in keys)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile):
+        return False
+
+
+def valid_png(path: Path) -> bool:
+    """Whether ``path`` is a readable PNG (header and size; cheap)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def pending(ids: Sequence[str], path_of: Callable[[str], Path], valid: Callable[[Path], bool]) -> list[str]:
+    """The ids whose output file (``path_of(id)``) is missing or not valid: the work left after an
+    interrupted attempt of the same stage (the runner keeps partial outputs only when the
+    attempt had the same config and inputs). Leftover temp files of killed atomic writes are
+    removed."""
+    todo, folders = [], set()
+    for image_id in ids:
+        path = path_of(image_id)
+        folders.add(path.parent)
+        if not (path.is_file() and valid(path)):
+            todo.append(image_id)
+    for folder in folders:
+        for tmp in folder.glob(".*") if folder.is_dir() else ():
+            tmp.unlink(missing_ok=True)  # a temp file of a write that never finished
+    return todo
