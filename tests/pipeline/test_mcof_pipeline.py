@@ -10,7 +10,6 @@ from wsss.pipeline.runner import run_pipeline
 
 TINY_MCOF = [
     "pipeline=mcof",
-    "+recipe=small",
     "stages.mcof.iterations=2",
     "stages.mcof.n_segments=30",
     "stages.mcof.region_epochs=3",
