@@ -83,7 +83,12 @@ def extract_regions(ctx: StageContext, backbone: torch.nn.Module, ids: list[str]
         segments = torch.from_numpy(slic(raw, n_segments=int(p.n_segments), compactness=float(p.compactness),
                                          start_label=0, channel_axis=-1).astype(np.int64))  # fmt: skip
         feats = backbone(item["image"][None].to(device))
-        pooled = torch.cat([region_pool(feats[k][0].float().cpu(), segments) for k in levels], dim=1)
+        # features are pooled on a grid of stride `pool_stride` (cheap); a superpixel missing from
+        # that grid gets zero features. CAM scores and saliency are pooled at full resolution.
+        s = max(1, int(p.pool_stride))
+        coarse = segments[s // 2 :: s, s // 2 :: s].contiguous()
+        n_regions = int(segments.max()) + 1
+        pooled = torch.cat([region_pool(feats[k][0].float().cpu(), coarse, n_regions) for k in levels], dim=1)
         cams, keys = load_cams(cam_dir, name)
         scores = region_pool(torch.from_numpy(cams), segments) if len(keys) else torch.zeros(len(pooled), 0)
         entry = {"segments": segments, "features": pooled.half(), "scores": scores,
