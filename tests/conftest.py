@@ -34,8 +34,9 @@ def compose_cfg(overrides: list[str] | None = None, tiny: bool = True) -> DictCo
     """Compose `conf/train.yaml` like `python train.py OVERRIDES` would (without running)."""
     register_resolvers()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=(TINY if tiny else []) + list(overrides or []),
-                       return_hydra_config=False)
+        # `++`: pipelines without one of TINY's stages (pipeline=toco has no train_cls) still compose.
+        tiny_overrides = [("++" + o if o.startswith("stages.") else o) for o in TINY] if tiny else []
+        return compose("train", overrides=tiny_overrides + list(overrides or []), return_hydra_config=False)
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +61,22 @@ def tiny_cfg(synthetic_root: Path, tmp_path: Path):
         return cfg
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished CAM-baseline run on the session tree (classifier, CAMs, pseudo-labels,
+    DeepLab, eval), shared read-only by the W&B, sweep, notebook, predict and export tests."""
+    from wsss.pipeline.runner import run_pipeline
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    cfg = compose_cfg([f"data.synthetic.root={synthetic_root}", f"paths.log_dir={base}/logs",
+                       "stages.eval_seg.crf=false"])
+    run_dir = base / "run"
+    run_pipeline(cfg, run_dir)
+    # What `python train.py` leaves next to the stages: the composed config (read by predict).
+    from omegaconf import OmegaConf
+
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return run_dir

@@ -74,7 +74,7 @@ def test_method_instantiates_with_composed_backbone() -> None:
 
 def test_eps_coco_experiment_follows_the_official_script(tmp_path: Path) -> None:
     cfg = compose_cfg(["experiment=eps_coco", f"data.root={tmp_path}",
-                       f"method.saliency_dir={tmp_path}"], tiny=False)  # fmt: skip
+                       f"data.module.saliency_dir={tmp_path}"], tiny=False)  # fmt: skip
     OmegaConf.resolve(cfg)
     assert cfg.data.source._target_ == "wsss.data.coco.COCOSource" and cfg.data.num_classes == 80
     assert cfg.method._target_ == "wsss.methods.eps.EPSModule"

@@ -17,10 +17,20 @@ def _folder_num_classes(root: Any) -> int:
     return len(read_classes(Path(str(root)).expanduser() / "classes.txt"))
 
 
+def _cores(cap: Any = None) -> int:
+    """Cores this process may use (``os.sched_getaffinity``), optionally capped: ``${wsss.cores:}``."""
+    from wsss.parallel import available_cores
+
+    cores = available_cores()
+    return cores if cap in (None, "") else min(cores, int(cap))
+
+
 def register_resolvers() -> None:
-    """Register ``${wsss.folder_num_classes:${data.root}}`` (idempotent).
+    """Register ``${wsss.folder_num_classes:${data.root}}`` and ``${wsss.cores:}`` (idempotent).
 
     No resolver branches on whether ``data.root`` is set: small CPU-scale settings are the
     ``recipe=small`` overlay (conf/recipe/small.yaml), published ones live in the config files."""
     if not OmegaConf.has_resolver("wsss.folder_num_classes"):
         OmegaConf.register_new_resolver("wsss.folder_num_classes", _folder_num_classes)
+    if not OmegaConf.has_resolver("wsss.cores"):
+        OmegaConf.register_new_resolver("wsss.cores", _cores)

@@ -84,6 +84,62 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
         raise CorruptArtifactError(f"cannot read {path} as a label PNG: {type(err).__name__}: {err}") from err
 
 
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file COMPLETELY as (H, W, 3) uint8 RGB (a writable copy); a truncated,
+    empty or non-image file raises ValueError naming it (PIL alone says only "image file is
+    truncated")."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot decode image {path}: {err}") from err
+
+
+def load_grey(path: str | os.PathLike, what: str = "image") -> np.ndarray:
+    """(H, W) uint8 of a grayscale map (saliency PNG); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("L"))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot decode {what} {path}: {err}") from err
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file (a BOM is fine); a non-UTF-8 byte raises ValueError naming the file,
+    the line and the byte instead of a bare UnicodeDecodeError."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: byte 0x{data[err.start]:02x} is not UTF-8 "
+                         f"({err.reason}); save the file as UTF-8") from err
+
+
+def load_weights(path: str | os.PathLike, what: str = "weights file") -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a state dict; a missing, truncated or non-weights
+    file raises an error naming it (pickled objects are refused, as weights_only does)."""
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError / UnpicklingError / EOFError / zip errors
+        raise ValueError(f"cannot load {what} {path} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); expected a state dict "
+                         "saved with torch.save (weights only)") from err
+    return state
+
+
 def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
     """Write ``data`` as indented JSON atomically."""
     with atomic_path(path, suffix=".json") as tmp:

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from wsss.functional.affinity import (
@@ -59,6 +60,20 @@ def test_pairwise_affinity_and_loss_hand_computed() -> None:
     ) / 2
     assert math.isclose(loss.item(), expected, rel_tol=1e-5)
     assert math.isclose(expected, 0.25 + ln2 / 2, rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 2 * 5 * 6 * 3, 2**20])  # 1 channel, 3, all
+def test_pairwise_affinity_lean_path_matches_autograd_path(chunk_bytes: int) -> None:
+    # The no-grad path (channel chunks, one reused buffer) gives the autograd path's values.
+    torch.manual_seed(0)
+    features = torch.rand(2, 7, 5, 6)
+    with_grad = pairwise_affinity(features.clone().requires_grad_(), radius=3).detach()
+    with torch.no_grad():
+        lean = pairwise_affinity(features, radius=3, chunk_bytes=chunk_bytes)
+    assert torch.allclose(lean, with_grad, rtol=1e-6, atol=1e-7)
+    assert torch.equal(lean == 0, ~pair_valid_mask(3, 5, 6).expand_as(lean))
+    # Autograd-free call without no_grad (plain tensors) takes the lean path too.
+    assert torch.allclose(pairwise_affinity(features, radius=3), with_grad, rtol=1e-6, atol=1e-7)
 
 
 def test_affinity_loss_gradient() -> None:

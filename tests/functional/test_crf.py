@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsss.functional.crf import dense_crf, dense_crf_labels
+from wsss.functional.crf import dense_crf, dense_crf_labels, softmax_unary
 
 
 def _two_region_image(height: int = 12, width: int = 16) -> np.ndarray:
@@ -135,3 +135,48 @@ def test_dense_crf_matches_psa_raw_score_crf() -> None:
     crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=np.copy(image), compat=10)
     expected = np.array(crf.inference(10)).reshape(3, 9, 13)
     np.testing.assert_allclose(dense_crf(image, scores), expected, atol=1e-4)
+
+
+def test_softmax_unary_on_cams_with_exact_zeros_matches_pydensecrf_clip() -> None:
+    # Restricted CAMs are exactly 0 off-object; PSA/IRN's unary_from_softmax clips at 1e-5.
+    from pydensecrf.utils import unary_from_softmax
+
+    probs = np.zeros((3, 4, 5), dtype=np.float32)
+    probs[0] = 0.3  # background score
+    probs[1, :2] = 1.0 / (1.0 + 1e-5)  # a max-normalised CAM peak
+    official = softmax_unary(probs)
+    np.testing.assert_allclose(official, unary_from_softmax(probs), rtol=1e-6)
+    assert official[2].max() == pytest.approx(-np.log(1e-5), rel=1e-5)  # 11.51
+    legacy = softmax_unary(probs, clip=None)
+    assert legacy[2].max() == pytest.approx(-np.log(1e-8), rel=1e-5)  # 18.42
+    with pytest.raises(ValueError, match="clip"):
+        softmax_unary(probs, clip=0.0)
+
+
+def test_dense_crf_default_is_psa_crf_inference_on_exact_zeros() -> None:
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    scores = rng.uniform(0.0, 1.0, (3, 9, 13)).astype(np.float32)
+    scores[0] *= 0.05  # weak background score, e.g. (1 - max cam)^alpha
+    scores[1:, :, :4] = 0.0  # exact zeros, as off-object CAMs
+    crf = dcrf.DenseCRF2D(13, 9, 3)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(scores)))
+    crf.addPairwiseGaussian(sxy=3, compat=3)
+    crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=np.copy(image), compat=10)
+    expected = np.array(crf.inference(10)).reshape(3, 9, 13)
+    np.testing.assert_allclose(dense_crf(image, scores), expected, atol=1e-5)
+
+
+def test_dense_crf_clip_lets_context_overturn_a_zero_cam_hole() -> None:
+    # A 4x4 hole of exact zeros inside a confident object on a flat image: with the official
+    # clip (unary gap 11.5 - 3.9) the pairwise terms fill the hole, as PSA's CRF does; the old
+    # 1e-8 floor (gap 18.4) keeps it background.
+    image = np.full((12, 16, 3), 120, dtype=np.uint8)
+    scores = np.zeros((2, 12, 16), np.float32)
+    scores[0], scores[1] = 0.02, 1.0
+    scores[1, 4:8, 6:10] = 0.0
+    assert (dense_crf(image, scores).argmax(0)[4:8, 6:10] == 1).all()
+    assert (dense_crf(image, scores, clip=None).argmax(0)[4:8, 6:10] == 0).all()

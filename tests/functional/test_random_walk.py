@@ -9,6 +9,7 @@ from wsss.functional.random_walk import (
     path_indices,
     random_walk_from_boundary,
     random_walk_from_features,
+    transition_matrix,
     upsample_scores,
 )
 
@@ -128,3 +129,12 @@ def test_irn_scores_to_label_global_max() -> None:
 def test_upsample_scores_crops() -> None:
     up = upsample_scores(torch.rand(3, 4, 5), (13, 18))
     assert up.shape == (3, 13, 18)
+
+
+def test_transition_matrix_int32_indices_and_stochastic_rows() -> None:
+    # int32 CSR indices (faster mat-vecs); each row of T^T (a column of T) sums to 1.
+    aff = boundary_affinity(torch.rand(9, 11) * 0.5, 5)
+    t_t = transition_matrix(aff, 5, 10)
+    assert t_t.col_indices().dtype == torch.int32 and t_t.crow_indices().dtype == torch.int32
+    row_sums = torch.sparse.sum(t_t.to_sparse_coo(), dim=1).to_dense()
+    assert torch.allclose(row_sums, torch.ones(99), atol=1e-6)

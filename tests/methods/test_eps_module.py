@@ -58,4 +58,4 @@ def test_missing_saliency_names_the_setting() -> None:
 
 def test_datamodule_overrides_carry_the_saliency_dir() -> None:
     assert make(saliency_dir="SALImages").datamodule_overrides() == {"saliency_dir": "SALImages"}
-    assert make(saliency_dir=None).datamodule_overrides() == {}
+    assert make(saliency_dir=None).datamodule_overrides() == {"saliency_dir": "SALImages"}

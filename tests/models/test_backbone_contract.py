@@ -64,9 +64,13 @@ def test_strict_loading_lists_missing_and_unexpected_keys(tmp_path, resnet38: nn
 
 
 def test_vgg16_loads_torchvision_names_strictly(tmp_path) -> None:
-    import torchvision
-
-    tv = torchvision.models.vgg16(weights=None).state_dict()
+    source = build_backbone("vgg16", 8)
+    convs = [m for m in source.modules() if isinstance(m, nn.Conv2d)]
+    # torchvision's vgg16.features indices of the 13 convs; the ImageNet classifier is dropped
+    indices = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+    tv = {f"features.{i}.{p}": getattr(c, p).detach().clone() for i, c in zip(indices, convs)
+          for p in ("weight", "bias")}  # fmt: skip
+    tv["classifier.0.weight"] = torch.zeros(2, 2)
     torch.save(tv, tmp_path / "vgg.pth")
     model = build_backbone("vgg16", 8, weights=str(tmp_path / "vgg.pth"))
     assert torch.equal(model.conv5[-2].weight, tv["features.28.weight"])
@@ -112,9 +116,9 @@ def test_create_backbone_from_config_partial_and_mapping() -> None:
 
     from tests.conftest import compose_cfg
 
-    cfg = compose_cfg(["backbone=vgg16"])
+    cfg = compose_cfg(["backbone=resnet18"])
     partial = instantiate(cfg.backbone)
-    assert create_backbone(partial).last == "conv5"
+    assert create_backbone(partial, output_stride=8).strides["layer4"] == 8
     assert create_backbone({"name": "resnet18", "output_stride": 16}, output_stride=8).strides["layer4"] == 8
 
 

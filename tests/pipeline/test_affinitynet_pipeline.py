@@ -54,7 +54,7 @@ def test_affinitynet_chain_writes_labels_and_metrics(tiny_cfg, tmp_path) -> None
 def test_affinitynet_composes_with_another_cam_method(tiny_cfg) -> None:
     cfg = tiny_cfg("pipeline=affinitynet", "method=seam")
     assert cfg.method._target_.endswith("SEAMModule")
-    assert cfg.stages.train_seg.labels_from == "random_walk"
+    assert cfg.stages.train_seg.reads.labels == "random_walk"
     assert cfg.stages.train_affinity.module.feature_levels is None  # picked from the contract
     from hydra.utils import instantiate
 

@@ -1,5 +1,6 @@
-"""DDP with two CPU processes (gloo): Trainer stages run on both ranks and shard the data, every
-other stage runs once on rank 0 while rank 1 waits for its metrics.json."""
+"""DDP with two CPU processes (gloo): Trainer stages and per-image stages run on both ranks and
+shard the data, every other stage runs once on rank 0 while rank 1 waits for its manifest.json;
+one process or two give the same CAMs, labels and scores."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import TINY
+from wsss.io import load_label_png, load_npz
+from wsss.pipeline.runner import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL_RANKS = {"train_cls", "make_cam", "train_seg"}
+ALL_RANKS = {"train_cls", "make_cam", "make_pseudo_labels", "train_seg", "eval_seg"}
 STAGES = ["train_cls", "make_cam", "eval_cam", "make_pseudo_labels", "train_seg", "eval_seg"]
 
 
@@ -49,3 +53,39 @@ def test_cam_pipeline_under_two_process_ddp(synthetic_root: Path, tmp_path: Path
     assert not torch.equal(state["backbone.layer1.0.bn1.running_mean"], torch.zeros(64))
     evaluated = json.loads((run_dir / "stages/eval_seg/metrics.json").read_text())
     assert 0.0 <= evaluated["miou"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_cam_chain_same_with_one_or_two_processes(tiny_cfg, synthetic_root: Path, tmp_path: Path) -> None:
+    """The same classifier, then make_cam / eval_cam / make_pseudo_labels in one process and in
+    two DDP processes: identical CAMs (atol 1e-6), label PNGs and scores (abs 1e-9)."""
+    chain = "pipeline.order=[train_cls,make_cam,eval_cam,make_pseudo_labels]"
+    one = tmp_path / "one"
+    single = run_pipeline(tiny_cfg(chain), one)
+    two = tmp_path / "two"
+    overrides = [*TINY, f"data.synthetic.root={synthetic_root}", f"paths.log_dir={tmp_path}/logs", chain,
+                 f"pipeline.from_run={one}", "pipeline.only=[make_cam,eval_cam,make_pseudo_labels]",
+                 "trainer=cpu", "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={two}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=env, check=False,
+                          capture_output=True, text=True, timeout=380)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank1 = (two / "train_ddp_process_1.log").read_text()
+    assert "stage make_pseudo_labels\n" in rank1 and "stage eval_cam\n" not in rank1  # sharded / rank 0
+    cams = sorted(p.name for p in (one / "stages/make_cam/cams").glob("*.npz"))
+    assert cams == sorted(p.name for p in (two / "stages/make_cam/cams").glob("*.npz")) and cams
+    for name in cams:
+        a, b = load_npz(one / "stages/make_cam/cams" / name), load_npz(two / "stages/make_cam/cams" / name)
+        np.testing.assert_array_equal(a["keys"], b["keys"])
+        np.testing.assert_allclose(a["cams"], b["cams"], atol=1e-6)
+    for folder in ("labels", "labels_crf"):
+        labels = sorted((one / "stages/make_pseudo_labels" / folder).glob("*.png"))
+        assert len(labels) == single["make_pseudo_labels"]["num_images"]
+        for path in labels:
+            np.testing.assert_array_equal(load_label_png(path), load_label_png(two / "stages/make_pseudo_labels" / folder / path.name))
+    for stage, keys in (("eval_cam", ("threshold", "miou", "oracle_miou_on_eval")),
+                        ("make_pseudo_labels", ("miou", "miou_crf", "ignored_fraction", "ignored_fraction_crf"))):
+        metrics = json.loads((two / "stages" / stage / "metrics.json").read_text())
+        for key in keys:
+            assert metrics[key] == pytest.approx(single[stage][key], abs=1e-9), (stage, key)

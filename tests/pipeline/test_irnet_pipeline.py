@@ -23,6 +23,7 @@ TINY_IRN = [
     "stages.make_sem_seg_labels.exp_times=4",
     "stages.make_ins_seg_labels.exp_times=4",
     "stages.make_ins_seg_labels.n_iter=50",
+    "stages.make_ins_seg_labels.coco_json=true",
     "stages.eval_seg.num_examples=0",
     "stages.eval_cam.num_examples=0",
 ]
@@ -65,5 +66,8 @@ def test_irnet_chain_writes_semantic_and_instance_labels(tiny_cfg, tmp_path) -> 
     assert set(arrays) == {"masks", "classes", "scores"}
     assert arrays["masks"].dtype == bool and arrays["masks"].ndim == 3
     assert len(arrays["masks"]) == len(arrays["classes"]) == len(arrays["scores"])
+    coco = json.loads((run_dir / "stages/make_ins_seg_labels/instances_coco.json").read_text())
+    assert len(coco["images"]) == ins["num_images"] and coco["images"][0]["file_name"].endswith(".jpg")
+    assert len(coco["annotations"]) == ins["coco_annotations"] <= ins["num_instances"]
     assert results["train_seg"]["labels"].endswith("make_sem_seg_labels/labels")
     assert 0.0 <= results["eval_seg"]["miou"] <= 1.0

@@ -97,7 +97,7 @@ def test_changed_stage_config_in_this_run_is_rerun_not_reused(base_run: Path, sy
 
 def test_truncated_cam_in_reused_stage_is_refused(base_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
     copy = _copy(base_run, tmp_path)
-    victim = sorted((copy / "stages/make_cam/cams").glob("*.npz"))[0]
+    victim = min((copy / "stages/make_cam/cams").glob("*.npz"))
     victim.write_bytes(victim.read_bytes()[:50])
     cfg = _cfg(synthetic_root, tmp_path / "logs", f"pipeline.from_run={copy}", "pipeline.only=[eval_cam]")
     with pytest.raises(ReuseMismatchError, match=f"{victim}.*written by stage make_cam"):
@@ -107,7 +107,7 @@ def test_truncated_cam_in_reused_stage_is_refused(base_run: Path, synthetic_root
 def test_corrupt_cam_of_same_size_names_file_and_stage(base_run: Path, synthetic_root: Path,
                                                        tmp_path: Path) -> None:
     copy = _copy(base_run, tmp_path)
-    victim = sorted((copy / "stages/make_cam/cams").glob("*.npz"))[0]
+    victim = min((copy / "stages/make_cam/cams").glob("*.npz"))
     victim.write_bytes(b"\0" * victim.stat().st_size)  # same size: only loading can tell
     cfg = _cfg(synthetic_root, tmp_path / "logs", f"pipeline.from_run={copy}", "pipeline.only=[eval_cam]")
     with pytest.raises(InputArtifactError) as err:

@@ -34,8 +34,8 @@ def test_compatible_compositions_pass(overrides: list[str]) -> None:
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["pipeline=oaa", "method=cam"], ["stages.make_cam", "method.accumulate=True", "method=oaa"]),
-    (["pipeline=oaa_iam", "method=cam"], ["stages.train_iam", "method.accumulate=True", "method=oaa_iam"]),
+    (["pipeline=oaa", "method=cam"], ["stages.make_cam", "method.accumulate=true", "method=oaa"]),
+    (["pipeline=oaa_iam", "method=cam"], ["stages.train_iam", "method.accumulate=true", "method=oaa_iam"]),
     (["backbone=vgg16", "backbone.output_stride=16"],  # the classifier and DeepLab both fail to build
      ["method (wsss.methods.cam.CAMModule)", "backbone.output_stride for vgg16 must be 8", "stages.train_seg.module"]),
     (["backbone.weights=/nonexistent/w.pth"], ["backbone.weights=/nonexistent/w.pth", "no such file"]),
@@ -58,10 +58,10 @@ def test_incompatible_compositions_name_the_key_and_the_fix(overrides: list[str]
 def test_missing_saliency_folders_are_named(tmp_path: Path) -> None:
     (tmp_path / "JPEGImages").mkdir()
     eps = _problems("method=eps", f"data.root={tmp_path}")
-    assert len(eps) == 1 and eps[0].startswith("method.saliency_dir=SALImages: no saliency PNGs")
+    assert len(eps) == 1 and eps[0].startswith("data.module.saliency_dir=SALImages: no saliency PNGs")
     assert "python -m wsss.data.saliency" in eps[0]
     sec = _problems("pipeline=sec", f"data.root={tmp_path}")  # the small recipe reads saliency PNGs
-    assert len(sec) == 1 and sec[0].startswith("stages.make_cues.saliency_dir=SALImages")
+    assert len(sec) == 1 and sec[0].startswith("data.module.saliency_dir=SALImages")
     (tmp_path / "SALImages").mkdir()
     (tmp_path / "SALImages" / "a.png").write_bytes(b"")
     assert _problems("method=eps", f"data.root={tmp_path}") == []
@@ -80,5 +80,5 @@ def test_train_py_stops_before_any_stage(tmp_path: Path) -> None:
                            f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode != 0
-    assert "method.accumulate=True" in done.stderr and "method=oaa" in done.stderr
+    assert "method.accumulate=true" in done.stderr and "method=oaa" in done.stderr
     assert not (tmp_path / "run" / "stages").exists()

@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pycocotools.coco import COCO
 
 from wsss.data.labels import IGNORE
-from wsss.data.sources import SourceBase
-from wsss.io import load_label_png
+from wsss.data.sources import SourceBase, read_split_ids
+from wsss.io import load_label_png, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +125,7 @@ def _load_split(path: Path) -> _Split:
                   {cat["id"]: c for c, cat in enumerate(cats)})  # fmt: skip
 
 
-def _read_split(path: Path) -> list[str]:
-    """Ids of a ``.txt`` list: one per line, bare stems or paths (first column) to images."""
-    ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise ValueError(f"split file {path} lists no ids")
-    return ids
+_read_split = read_split_ids  # plain ids or '/JPEGImages/x.jpg ...' lines; repeats refused
 
 
 class COCOSource(SourceBase):
@@ -233,8 +227,7 @@ class COCOSource(SourceBase):
 
     def load_image(self, name: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB."""
-        with Image.open(self.image_path(name)) as image:
-            return np.array(image.convert("RGB"))  # writable copy; COCO has some grey JPEGs
+        return load_rgb(self.image_path(name))  # COCO has some grey JPEGs
 
     def _mask_candidates(self, name: str) -> list[Path]:
         if self.mask_dir is None:

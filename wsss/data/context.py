@@ -43,11 +43,10 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
-from PIL import Image
 
 from wsss.data.labels import BACKGROUND, IGNORE, multi_hot_from_mask
-from wsss.data.sources import SourceBase
-from wsss.io import load_label_png
+from wsss.data.sources import SourceBase, read_split_ids
+from wsss.io import load_label_png, load_rgb, read_text
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +96,13 @@ def _resolve_root(root: Path) -> Path:
     raise FileNotFoundError(f"no JPEGImages/ folder under {root}; {LAYOUT}")
 
 
-def _read_split(path: Path) -> list[str]:
-    """Ids of a split file (first column, so '/JPEGImages/x.jpg ...' lines work too)."""
-    ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise ValueError(f"split file {path} lists no ids")
-    return ids
+_read_split = read_split_ids  # plain ids or '/JPEGImages/x.jpg ...' lines; repeats refused
 
 
 def _read_name_list(path: Path) -> list[tuple[int, str]]:
     """(index, name) of a labels file: ``idx: name`` lines, or bare names indexed 1, 2, ... ."""
     entries: list[tuple[int, str]] = []
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, raw in enumerate(read_text(path).splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
@@ -299,8 +293,7 @@ class ContextSource(SourceBase):
 
     def load_image(self, name: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB."""
-        with Image.open(self.image_path(name)) as image:
-            return np.array(image.convert("RGB"))  # writable copy
+        return load_rgb(self.image_path(name))  # the whole file decoded; errors name it
 
     def _mask_candidates(self, name: str) -> list[Path]:
         out = [self.mask_dir / f"{name}.png"] if self.mask_dir is not None else []

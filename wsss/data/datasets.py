@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from wsss.data.sources import Source
 from wsss.data.transforms import finalize, to_tv_tensors
-from wsss.io import load_label_png
+from wsss.io import load_grey, load_label_png
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -31,15 +30,18 @@ class _VOCDataset(Dataset):
                  saliency_dir: str | os.PathLike | None = None) -> None:  # fmt: skip
         self.source = source
         self.transform = transform
-        self.saliency_dir = self._resolve_dir(saliency_dir) if saliency_dir is not None else None
+        self.saliency_dir = (self._resolve_dir(saliency_dir, "data.module.saliency_dir")
+                             if saliency_dir is not None else None)
 
-    def _resolve_dir(self, directory: str | os.PathLike) -> Path:
-        """A folder given as a path, or by name relative to the VOC root (e.g. ``SALImages``)."""
+    def _resolve_dir(self, directory: str | os.PathLike, key: str) -> Path:
+        """A folder given as a path, or by name relative to the dataset root (e.g. ``SALImages``);
+        ``key`` is the config key that named it (for the error message)."""
         path = Path(directory)
         if not path.is_dir() and not path.is_absolute() and (self.source.root / path).is_dir():
             path = self.source.root / path
         if not path.is_dir():
-            raise FileNotFoundError(f"directory not found: {path}")
+            where = "" if path.is_absolute() else f" (nor {self.source.root / path})"
+            raise FileNotFoundError(f"{key}={directory}: directory not found: {path}{where}")
         return path
 
     def __len__(self) -> int:
@@ -49,11 +51,8 @@ class _VOCDataset(Dataset):
         """(H, W) uint8 saliency of ``name`` or None when no saliency_dir is configured."""
         if self.saliency_dir is None:
             return None
-        path = self.saliency_dir / f"{name}.png"
-        if not path.is_file():
-            raise FileNotFoundError(f"saliency map not found: {path}")
-        with Image.open(path) as image:
-            return np.array(image.convert("L"))
+        return load_grey(self.saliency_dir / f"{name}.png",
+                         "saliency map (data.module.saliency_dir)")
 
     def _apply(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
         return finalize(self.transform(sample) if self.transform is not None else sample)
@@ -93,7 +92,7 @@ class SegmentationDataset(_VOCDataset):
                  label_dir: str | os.PathLike | None = None,
                  saliency_dir: str | os.PathLike | None = None) -> None:  # fmt: skip
         super().__init__(source, transform, saliency_dir)
-        self.label_dir = self._resolve_dir(label_dir) if label_dir is not None else None
+        self.label_dir = self._resolve_dir(label_dir, "label_dir") if label_dir is not None else None
 
     def _load_mask(self, name: str) -> np.ndarray:
         if self.label_dir is None:

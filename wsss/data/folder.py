@@ -49,17 +49,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from wsss.data.labels import IGNORE
 from wsss.data.sources import SourceBase
-from wsss.io import load_label_png
+from wsss.io import load_label_png, read_text
 
 LAYOUT = (
     "expected folder layout: <root>/images/<id>.<jpg|jpeg|png>, <root>/classes.txt (one "
@@ -97,7 +98,7 @@ def read_classes(path: Path) -> tuple[str, ...]:
         raise FileNotFoundError(f"class list not found: {path}; {LAYOUT}")
     names: list[str] = []
     first_line: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         name = line.strip()
         if not name:
             continue
@@ -199,7 +200,7 @@ def read_labels(
 
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=list)
+            data = json.loads(read_text(path), object_pairs_hook=list)
         except json.JSONDecodeError as err:
             return {}, [f"{path}: malformed JSON: {err}"]
         if not isinstance(data, list):
@@ -211,7 +212,7 @@ def read_labels(
             else:
                 problems.append(f"{where}: expected a list of class names, got {value!r}")
     else:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with io.StringIO(read_text(path), newline="") as handle:
             reader = csv.reader(handle)
             header = [h.strip().lower() for h in next(reader, [])]
             if "image" not in header or "labels" not in header:
@@ -244,7 +245,7 @@ def read_id_list(
     ids: list[str] = []
     line_of: dict[str, int] = {}
     problems: list[str] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -492,7 +493,7 @@ class FolderSource(SourceBase):
         try:
             with Image.open(path) as image:
                 return _to_rgb(image)
-        except UnidentifiedImageError as err:
+        except (OSError, SyntaxError) as err:  # truncated, empty, not an image
             raise ValueError(f"cannot decode image {path}: {err}") from err
 
     def load_mask(self, name: str) -> np.ndarray:

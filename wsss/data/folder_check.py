@@ -1,5 +1,8 @@
 """``python -m wsss.data.folder --root DIR --check``: validate a user image folder
-(:mod:`wsss.data.folder`) and print what it holds, or every problem found (exit code 1)."""
+(:mod:`wsss.data.folder`) and print what it holds, or every problem found (exit code 1).
+
+The pipeline-wide check of any format (splits the run reads, masks, saliency maps, cached,
+parallel) is ``python -m wsss.data.check data=folder data.root=DIR`` (:mod:`wsss.data.check`)."""
 
 from __future__ import annotations
 
@@ -93,7 +96,11 @@ def check_folder(
     except (OSError, ValueError) as err:
         problems.append(str(err))
         return report
-    label_index, label_problems = read_labels(report.labels_file, report.class_names)
+    try:
+        label_index, label_problems = read_labels(report.labels_file, report.class_names)
+    except ValueError as err:  # not UTF-8
+        problems.append(str(err))
+        return report
     problems.extend(label_problems)
     report.num_labelled = len(label_index)
     counts = np.zeros(num_classes, dtype=np.int64)
@@ -102,6 +109,10 @@ def check_folder(
         report.num_background_only += not classes
     report.label_counts = counts.tolist()
 
+    # every labelled image decodes completely (a truncated JPEG passes a header-only read)
+    from wsss.data.check import decode_problems
+
+    problems.extend(decode_problems([images[n] for n in label_index if n in images]))
     missing = [n for n in label_index if n not in images and n not in ambiguous]
     if missing and (root / IMAGE_DIR).is_dir():
         problems.append(
@@ -126,7 +137,10 @@ def check_folder(
     if "all" not in split_files:
         report.splits.append(("all", report.labels_file.name, len(label_index)))
     for name, path in split_files.items():
-        ids, split_problems = read_id_list(path, label_index, report.labels_file)
+        try:
+            ids, split_problems = read_id_list(path, label_index, report.labels_file)
+        except ValueError as err:  # not UTF-8
+            ids, split_problems = [], [str(err)]
         problems.extend(split_problems)
         report.splits.append((name, f"{SPLIT_DIR}/{path.name}", len(ids)))
     present = [s for s in DERIVED_SPLITS if s in split_files]

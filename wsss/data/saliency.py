@@ -5,7 +5,7 @@ saliency (``opencv-contrib-python-headless``, ``cv2.saliency``) gives a training
 ``spectral_residual`` (Hou & Zhang 2007) or ``fine_grained`` (Montabone & Soto 2010). These are
 much weaker than PFAN, so expect EPS to gain less. Maps are written once, as grayscale PNGs
 ``<out>/<id>.png`` (0..255, same size as the image), which is what ``data.module.saliency_dir``
-(or ``method.saliency_dir`` for EPS) reads::
+(the one key for saliency maps; EPS and SEC read it) reads::
 
     python -m wsss.data.saliency --root VOCdevkit/VOC2012 --out VOCdevkit/VOC2012/SALSpectral
 """
@@ -19,12 +19,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from wsss.data.sources import Source, open_source
 from wsss.io import save_label_png
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 METHODS = ("spectral_residual", "fine_grained")
+# Where EPS looks when data.module.saliency_dir is null: its release's <VOC2012>/SALImages/<id>.png
+# (PFAN maps), which the synthetic tree ships too.
+DEFAULT_SALIENCY_DIR = "SALImages"
 
 
 def _algorithm(method: str):

@@ -73,6 +73,28 @@ class SourceBase:
 SourceFactory = Callable[..., Source]
 
 
+def read_split_ids(path: Path) -> list[str]:
+    """Ids of a split ``.txt`` (first column, so DeepLab-style '/JPEGImages/x.jpg /Seg../x.png'
+    lines work too). Empty lists, repeated ids and non-UTF-8 bytes raise ValueError naming the
+    file and line: a repeated id would be trained and scored twice without a word."""
+    from wsss.io import read_text
+
+    ids: list[str] = []
+    line_of: dict[str, int] = {}
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        name = Path(line.split()[0]).stem
+        if name in line_of:
+            raise ValueError(f"{path}, line {lineno}: duplicate id {name!r} (first on line "
+                             f"{line_of[name]}); each image may be listed once per split")
+        line_of[name] = lineno
+        ids.append(name)
+    if not ids:
+        raise ValueError(f"split file {path} lists no ids")
+    return ids
+
+
 def source_factory(spec: Mapping[str, Any] | DictConfig | SourceFactory | None) -> SourceFactory:
     """A callable ``(root, split, mask_dir=..., check_images=...) -> Source`` from a config node
     (``_target_`` + fixed kwargs), an existing callable, or None (VOC)."""
@@ -85,7 +107,32 @@ def source_factory(spec: Mapping[str, Any] | DictConfig | SourceFactory | None) 
     node = OmegaConf.create(dict(spec) if not isinstance(spec, DictConfig) else spec)
     if "_target_" not in node:
         raise KeyError(f"data.source needs a _target_ (e.g. wsss.data.voc.VOCSource), got {node}")
-    return instantiate(node, _partial_=True)
+    exclude = node.pop("exclude", None) if "exclude" in node else None
+    factory = instantiate(node, _partial_=True)
+    return factory if not exclude else _excluding(factory, Path(str(exclude)))
+
+
+def read_exclude_file(path: Path) -> set[str]:
+    """Ids listed in ``path`` (one per line; what ``wsss.data.check`` skipped)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data.source.exclude={path}: file not found")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def _excluding(factory: SourceFactory, path: Path) -> SourceFactory:
+    """``factory`` whose sources leave out the ids of ``data.source.exclude`` (bad images the
+    pre-flight data check skipped with ``data.check.on_error=skip``)."""
+    excluded = read_exclude_file(path)
+
+    def make(*args: Any, **kwargs: Any) -> Source:
+        source = factory(*args, **kwargs)
+        kept = [name for name in source.ids if name not in excluded]
+        if not kept:
+            raise ValueError(f"{source!r}: every id is excluded by data.source.exclude={path}")
+        source.ids = kept
+        return source
+
+    return make
 
 
 def dataset_split(splits: Mapping[str, str] | None, split: str) -> str:

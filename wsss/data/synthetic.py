@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm.auto import tqdm
 
 from wsss.data.labels import VOC_CLASSES, multi_hot_from_mask
 from wsss.io import atomic_path, read_json, save_label_png, write_json
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from wsss.data.labels import IGNORE, VOC_CLASSES, multi_hot_from_mask
-from wsss.data.sources import SourceBase
-from wsss.io import load_label_png
+from wsss.data.sources import SourceBase, read_split_ids
+from wsss.io import load_label_png, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +43,7 @@ def _resolve_root(root: Path) -> Path:
     raise FileNotFoundError(f"no JPEGImages/ folder under {root}; {LAYOUT}")
 
 
-def _read_split(path: Path) -> list[str]:
-    """Ids of a split file; accepts plain ids and DeepLab-style '/JPEGImages/x.jpg /Seg../x.png'."""
-    ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise ValueError(f"split file {path} lists no ids")
-    return ids
+_read_split = read_split_ids  # plain ids or '/JPEGImages/x.jpg ...' lines; repeats refused
 
 
 class VOCSource(SourceBase):
@@ -157,8 +151,7 @@ class VOCSource(SourceBase):
 
     def load_image(self, name: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB."""
-        with Image.open(self.image_path(name)) as image:
-            return np.array(image.convert("RGB"))  # writable copy
+        return load_rgb(self.image_path(name))  # the whole file decoded; errors name it
 
     def load_mask(self, name: str) -> np.ndarray:
         """(H, W) uint8: 0 background, c + 1 class c, 255 void."""

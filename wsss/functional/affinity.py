@@ -58,21 +58,37 @@ def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
     return list(_offsets(radius))
 
 
+SOURCES = ("all", "psa")
+
+
 def pair_valid_mask(
-    radius: int, height: int, width: int, device: torch.device | None = None
+    radius: int, height: int, width: int, device: torch.device | None = None, sources: str = "all"
 ) -> Tensor:
     """Which ``(offset, source)`` entries are real pairs, i.e. have their target inside the map.
+
+    ``sources="all"`` (default): every pixel is a source. ``sources="psa"``: only the sources PSA
+    and IRN index (``get_indices_of_pairs`` / ``PathIndex``), which drop the last ``r - 1`` rows
+    and the first and last ``r - 1`` columns, so every offset's target is inside the map; pixels
+    there still take part as targets. The default keeps those pairs, as the border pixels
+    otherwise have fewer neighbours in the walk; ``"psa"`` reproduces the official walks.
 
     Shape:
         - output: ``(P, h, w)`` bool
     """
+    if sources not in SOURCES:
+        raise ValueError(f"sources must be one of {SOURCES}, got {sources!r}")
     ys = torch.arange(height, device=device)
     xs = torch.arange(width, device=device)
+    pad = radius - 1
+    if sources == "psa":
+        src = (ys < height - pad)[:, None] & ((xs >= pad) & (xs < width - pad))[None, :]
+    else:
+        src = torch.ones(height, width, dtype=torch.bool, device=device)
     masks = []
     for dy, dx in _offsets(radius):
         row_ok = (ys + dy >= 0) & (ys + dy < height)
         col_ok = (xs + dx >= 0) & (xs + dx < width)
-        masks.append(row_ok[:, None] & col_ok[None, :])
+        masks.append(row_ok[:, None] & col_ok[None, :] & src)
     return torch.stack(masks)
 
 
@@ -120,15 +136,22 @@ def affinity_labels(label: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]
     return bg_pos, fg_pos, neg
 
 
-def pairwise_affinity(features: Tensor, radius: int) -> Tensor:
+def pairwise_affinity(features: Tensor, radius: int, chunk_bytes: int = 2**20) -> Tensor:
     """AffinityNet affinities ``a_ij = exp(-mean_channels |f_i - f_j|)`` for all in-radius pairs.
 
     The PSA code takes the channel *mean* of the L1 distance (the paper writes the sum), docs/methods.md, "PSA / AffinityNet".
     Computed in float32; entries with an out-of-map target are 0.
 
+    Without autograd (inference, the random walk) the L1 distances are accumulated over channel
+    chunks into the ``(B, P, h, w)`` result with one reused buffer of at most ``chunk_bytes``, so
+    no ``(B, D, h, w)`` temporary is allocated per offset (VOC size, D = 448: ~12 MiB instead of
+    ~140 MiB peak). With autograd the per-offset form is used (its graph needs the temporaries).
+    The two differ only by float summation order (~1e-7 relative).
+
     Args:
         features: Affinity feature maps.
         radius: Neighbourhood radius.
+        chunk_bytes: Size bound of the no-grad path's work buffer (1 MiB: cache-sized, measured fastest).
 
     Returns:
         Affinities in ``(0, 1]``.
@@ -140,15 +163,39 @@ def pairwise_affinity(features: Tensor, radius: int) -> Tensor:
     feats = features.float()
     height, width = feats.shape[-2:]
     pad = radius - 1
-    padded = F.pad(feats, (pad, pad, pad, pad))
-    # One offset at a time keeps the transient at (B, D, h, w) instead of (B, P, D, h, w).
-    affs = [
-        torch.exp(-(feats - shifted(padded, pad, dy, dx)).abs().mean(dim=1))
-        for dy, dx in _offsets(radius)
-    ]
-    aff = torch.stack(affs, dim=1)
     valid = pair_valid_mask(radius, height, width, device=feats.device)
-    return torch.where(valid, aff, torch.zeros((), device=aff.device))
+    if torch.is_grad_enabled() and feats.requires_grad:
+        padded = F.pad(feats, (pad, pad, pad, pad))
+        # One offset at a time keeps the transient at (B, D, h, w) instead of (B, P, D, h, w).
+        affs = [
+            torch.exp(-(feats - shifted(padded, pad, dy, dx)).abs().mean(dim=1))
+            for dy, dx in _offsets(radius)
+        ]
+        aff = torch.stack(affs, dim=1)
+        return torch.where(valid, aff, torch.zeros((), device=aff.device))
+    with torch.no_grad():
+        return _pairwise_affinity_lean(feats, radius, chunk_bytes).masked_fill_(~valid, 0.0)
+
+
+def _pairwise_affinity_lean(feats: Tensor, radius: int, chunk_bytes: int) -> Tensor:
+    """No-grad :func:`pairwise_affinity` (before masking): channel chunks, one reused buffer."""
+    batch, depth, height, width = feats.shape
+    pad = radius - 1
+    offsets = _offsets(radius)
+    total = feats.new_zeros(batch, len(offsets), height, width)
+    step = max(1, min(depth, chunk_bytes // max(1, 4 * batch * height * width)))
+    buffer = feats.new_empty(batch, step, height, width)
+    partial = feats.new_empty(batch, height, width)
+    for start in range(0, depth, step):
+        part = feats[:, start : start + step]
+        padded = F.pad(part, (pad, pad, pad, pad))
+        work = buffer[:, : part.shape[1]]
+        for p, (dy, dx) in enumerate(offsets):
+            torch.sub(part, shifted(padded, pad, dy, dx), out=work)
+            work.abs_()
+            torch.sum(work, dim=1, out=partial)
+            total[:, p] += partial
+    return total.div_(-depth).exp_()
 
 
 def affinity_loss(features: Tensor, label: Tensor, radius: int = 5) -> Tensor:

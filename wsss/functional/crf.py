@@ -11,9 +11,35 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
-__all__ = ["dense_crf", "dense_crf_labels"]
+__all__ = ["dense_crf", "dense_crf_labels", "softmax_unary"]
 
 _PROB_FLOOR = 1e-8
+SOFTMAX_CLIP = 1e-5  # pydensecrf unary_from_softmax's default, used by PSA/SEAM/EPS/deeplab-pytorch
+
+
+def softmax_unary(probs: np.ndarray, clip: float | None = SOFTMAX_CLIP) -> np.ndarray:
+    """Unary energy ``-log p`` of per-class scores, as handed to pydensecrf.
+
+    ``clip`` (default 1e-5, the official behaviour): exactly pydensecrf's
+    ``unary_from_softmax(probs, clip=clip)`` on the scores as given, i.e.
+    ``-log(clip(p, clip, 1))``: a zero score costs ``-log 1e-5 = 11.5``. ``clip=None`` (the
+    earlier wsss behaviour): each pixel is renormalised to sum 1 and floored at 1e-8, so a zero
+    costs ``-log 1e-8 = 18.4`` and near-zero CAM values weigh ~1.6x more against the pairwise
+    terms than in PSA/IRN.
+
+    Shape:
+        - probs: ``(C, H, W)`` non-negative float
+        - output: ``(C, H * W)`` float32
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    if clip is None:
+        # Floor before and after normalising: all-zero pixels become uniform instead of 0/0.
+        probs = np.maximum(probs, _PROB_FLOOR)
+        probs = np.maximum(probs / probs.sum(axis=0, keepdims=True), _PROB_FLOOR)
+        return np.ascontiguousarray(unary_from_softmax(probs, clip=None), dtype=np.float32)
+    if not 0.0 < clip < 1.0:
+        raise ValueError(f"clip must be in (0, 1) or None, got {clip}")
+    return np.ascontiguousarray(unary_from_softmax(probs, clip=clip), dtype=np.float32)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -59,14 +85,16 @@ def dense_crf(
     sxy_bilateral: float = 80,
     srgb_bilateral: float = 13,
     compat_bilateral: float = 10,
+    clip: float | None = SOFTMAX_CLIP,
 ) -> np.ndarray:
     """Dense CRF on soft scores (PSA/SEAM/EPS ``crf_inference``; defaults are theirs).
 
-    ``probs`` is renormalised per pixel to sum to 1 and floored at 1e-8 before
-    ``unary_from_softmax``. Renormalising only shifts every label's unary at a pixel by the same
-    constant, so with scores in ``[0, 1]`` (e.g. ``[bg_power; normalised CAMs]``) the result equals
-    PSA's, which feeds the raw scores. Channel order is preserved (channel 0 = background when
-    the caller put it first).
+    The unary is :func:`softmax_unary`: by default (``clip=1e-5``) exactly PSA's
+    ``unary_from_softmax(probs)`` on the raw scores (scores are clipped to ``[1e-5, 1]``, so pass
+    scores in ``[0, 1]``, e.g. ``[bg_power; normalised CAMs]`` or softmax outputs). ``clip=None``
+    renormalises each pixel and floors at 1e-8 instead (wsss before issue 13; a different
+    result wherever a score is below 1e-5, e.g. exact zeros of restricted CAMs). Channel order
+    is preserved (channel 0 = background when the caller put it first).
 
     Args:
         image: Original-resolution RGB image.
@@ -77,6 +105,7 @@ def dense_crf(
         sxy_bilateral: Spatial std of the appearance (bilateral) kernel.
         srgb_bilateral: Colour std of the bilateral kernel.
         compat_bilateral: Weight of the bilateral kernel.
+        clip: Lower clip of the scores (official 1e-5), or None (renormalise, floor 1e-8).
 
     Returns:
         float32 marginals; each pixel sums to 1.
@@ -98,11 +127,7 @@ def dense_crf(
         raise ValueError("probs must have at least one channel")
     if not np.all(np.isfinite(probs)) or np.any(probs < 0):
         raise ValueError("probs must be finite and non-negative")
-    probs = probs.astype(np.float32)  # a copy: the argument is never modified
-    # Floor before and after normalising: all-zero pixels become uniform instead of 0/0.
-    probs = np.maximum(probs, _PROB_FLOOR)
-    probs = np.maximum(probs / probs.sum(axis=0, keepdims=True), _PROB_FLOOR)
-    unary = unary_from_softmax(probs, clip=None)
+    unary = softmax_unary(probs, clip)  # never modifies the argument
     return _run(
         image,
         unary,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsss.data.saliency import DEFAULT_SALIENCY_DIR
 from wsss.functional.eps import eps_saliency_loss
 from wsss.methods.cam import ClassifierModule
 
@@ -26,9 +27,11 @@ class EPSModule(ClassifierModule):
         tau: Overlap-ratio threshold for a present class to count as foreground (VOC script 0.4,
             COCO 0.4; code default 0.5).
         lam: Foreground/background blend of the saliency estimate (VOC 0.5, COCO 0.9).
-        saliency_dir: Saliency folder for training (path, or name under the VOC root such as the
-            synthetic/PFAN ``SALImages``; ``python -m wsss.data.saliency`` makes one without a
-            saliency model). ``None`` leaves ``data.module.saliency_dir`` as configured.
+        saliency_dir: Saliency folder for training, the value of ``data.module.saliency_dir``
+            (the one key; the method reads it by interpolation): a path, or a name under the
+            dataset root; ``python -m wsss.data.saliency`` makes one without a saliency model.
+            ``None`` = :data:`DEFAULT_SALIENCY_DIR` under the root (EPS's release layout, which
+            the synthetic tree ships).
     """
 
     def __init__(self, backbone: dict, num_classes: int, optimizer: Callable, new_lr_mult: float,
@@ -41,7 +44,7 @@ class EPSModule(ClassifierModule):
 
     def datamodule_overrides(self) -> dict[str, str]:
         """Data-module settings this method needs for training (read by ``train_cls``)."""
-        return {"saliency_dir": self.saliency_dir} if self.saliency_dir else {}
+        return {"saliency_dir": self.saliency_dir or DEFAULT_SALIENCY_DIR}
 
     def class_maps(self, images: Tensor) -> Tensor:
         """Raw (B, C + 1, h, w) maps, background last."""

@@ -13,6 +13,14 @@ relies on ImageNet features, which a from-scratch backbone lacks):
 The IRN ResNet-50 channel plan is scaled by ``width`` (default ``out_channels / 2048``: 1 for
 ResNet-50/101, 1/4 for ResNet-18). A ``mean_shift`` buffer (set by the calibration stage) is
 subtracted from the displacement in eval mode only, as IRN's ``MeanShift``.
+
+``official=True`` builds IRN's exact head (needed to reproduce a released ``res50_irn.pth``,
+see :mod:`wsss.models.official.irn`): GroupNorm + ReLU after the coarse fusion
+(``dp_coarse_norm``, IRN's ``fc_dp6``), no bias on the displacement output conv, and every
+resize done IRN's way, i.e. ``Upsample(scale_factor)`` *before* the ReLU, then cropped to the
+finer grid. The default (False) ReLUs before resizing to the exact grid size, which keeps the
+resize well defined for sizes that are not multiples of the stride; the state-dict keys of the
+default head are unchanged.
 """
 
 from __future__ import annotations
@@ -43,6 +51,13 @@ def _block(cin: int, cout: int, groups: int | None = None) -> nn.Sequential:
                          nn.ReLU(inplace=True))  # fmt: skip
 
 
+def _upsample_relu(x: Tensor, factor: int, size: torch.Size) -> Tensor:
+    """IRN's ``nn.Upsample(scale_factor=factor, bilinear)`` -> ReLU -> crop to ``size``."""
+    if factor > 1:
+        x = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    return F.relu(x)[..., : size[0], : size[1]]
+
+
 class IRNetModule(WSSSModule):
     """Frozen backbone + boundary and displacement branches; see the module docstring.
 
@@ -53,6 +68,11 @@ class IRNetModule(WSSSModule):
             level at stride >= 4 feeds both branches, at least one must be at stride 4.
         optimizer: Partial SGD; the boundary branch gets its lr, the displacement branch
             ``new_lr_mult`` times it (IRN: 0.1 / 1.0).
+        official: IRN's exact head and resizing (see the module docstring); default False.
+        pad_to: :meth:`edge_displacement` zero-pads the normalised image bottom/right to a
+            square of this side (IRN: 512, ``EdgeDisplacement(crop_size=512)``) and crops the
+            outputs back; GroupNorm statistics then include the padding, so IRN's released
+            IRNet needs it to give IRN's outputs. None (default): no padding.
         new_lr_mult, poly_power: see :class:`WSSSModule`.
         radius: Pair radius of the training losses (IRN: 10).
         width: Channel multiplier of the IRN plan; ``None`` = ``out_channels / 2048``.
@@ -61,7 +81,8 @@ class IRNetModule(WSSSModule):
     """
 
     def __init__(self, backbone: dict, optimizer: Callable, new_lr_mult: float, poly_power: float,
-                 radius: int = 10, width: float | None = None, freeze_backbone: bool = True) -> None:  # fmt: skip
+                 radius: int = 10, width: float | None = None, freeze_backbone: bool = True,
+                 official: bool = False, pad_to: int | None = None) -> None:  # fmt: skip
         super().__init__(optimizer, new_lr_mult, poly_power)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.backbone = create_backbone(backbone)
@@ -90,8 +111,12 @@ class IRNetModule(WSSSModule):
         fuse = _ch(_FUSE, width)
         self.dp_branches = nn.ModuleDict({lv: _block(chans[lv], plan[lv]) for lv in self.levels})
         self.dp_coarse = nn.Conv2d(sum(plan[lv] for lv in self.coarse), fuse, 1, bias=False)
+        self.official = official
+        self.pad_to = pad_to
+        if official:  # IRN fc_dp6: conv -> GN -> Upsample -> ReLU
+            self.dp_coarse_norm = nn.GroupNorm(max(1, min(16, fuse // 8)), fuse)
         self.dp_out = nn.Sequential(_block(sum(plan[lv] for lv in self.fine) + fuse, fuse),
-                                    nn.Conv2d(fuse, 2, 1, bias=True))  # fmt: skip
+                                    nn.Conv2d(fuse, 2, 1, bias=not official))  # fmt: skip
         self.register_buffer("mean_shift", torch.zeros(2))
 
     def train(self, mode: bool = True) -> IRNetModule:
@@ -107,12 +132,33 @@ class IRNetModule(WSSSModule):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         feats = self.features(images)
+        if self.official:
+            return self._forward_official(feats)
         size = feats[self.fine[0]].shape[-2:]
         edges = [self._resize(self.edge_branches[lv](feats[lv]), size) for lv in self.levels]
         boundary = self.edge_out(torch.cat(edges, dim=1))
         coarse_size = feats[min(self.coarse, key=lambda lv: self.backbone.strides[lv])].shape[-2:]
         coarse = [self._resize(self.dp_branches[lv](feats[lv]), coarse_size) for lv in self.coarse]
         fused = self._resize(self.dp_coarse(torch.cat(coarse, dim=1)), size)
+        fine = [self.dp_branches[lv](feats[lv]) for lv in self.fine]
+        displacement = self.dp_out(torch.cat([*fine, fused], dim=1))
+        if not self.training:
+            displacement = displacement - self.mean_shift.view(1, 2, 1, 1)
+        return boundary, displacement
+
+    def _forward_official(self, feats: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """IRN ``resnet50_irn.Net.forward``: conv -> GN -> Upsample(x factor) -> ReLU -> crop."""
+        strides = self.backbone.strides
+        size = feats[self.fine[0]].shape[-2:]
+        edges = [_upsample_relu(self.edge_branches[lv][:2](feats[lv]), strides[lv] // 4, size)
+                 for lv in self.levels]  # fmt: skip
+        boundary = self.edge_out(torch.cat(edges, dim=1))
+        base = min(strides[lv] for lv in self.coarse)
+        coarse_size = next(feats[lv].shape[-2:] for lv in self.coarse if strides[lv] == base)
+        coarse = [_upsample_relu(self.dp_branches[lv][:2](feats[lv]), strides[lv] // base, coarse_size)
+                  for lv in self.coarse]  # fmt: skip
+        fused = self.dp_coarse_norm(self.dp_coarse(torch.cat(coarse, dim=1)))
+        fused = _upsample_relu(fused, base // 4, size)
         fine = [self.dp_branches[lv](feats[lv]) for lv in self.fine]
         displacement = self.dp_out(torch.cat([*fine, fused], dim=1))
         if not self.training:
@@ -129,7 +175,8 @@ class IRNetModule(WSSSModule):
         return [*self.edge_branches.parameters(), *self.edge_out.parameters()]
 
     def displacement_parameters(self) -> list[nn.Parameter]:
-        return [*self.dp_branches.parameters(), *self.dp_coarse.parameters(), *self.dp_out.parameters()]
+        extra = [*self.dp_coarse_norm.parameters()] if self.official else []
+        return [*self.dp_branches.parameters(), *self.dp_coarse.parameters(), *extra, *self.dp_out.parameters()]
 
     def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
         # IRN's two groups: boundary 1x, displacement 10x; a frozen backbone is not optimised
@@ -152,13 +199,21 @@ class IRNetModule(WSSSModule):
     def edge_displacement(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """IRN ``EdgeDisplacement`` inference of one image: boundary probabilities ``(h, w)`` from
         the flip-averaged logits and the displacement ``(2, h, w)`` of the unflipped image (mean
-        shift applied in eval mode), both on the CPU.
+        shift applied in eval mode), both on the CPU. ``pad_to`` (init) pads as IRN does.
 
         Shape:
             - image: ``(3, H, W)`` normalised
         """
         batch = torch.stack([image, image.flip(-1)]).to(self.mean_shift.device)
+        height, width = image.shape[-2:]
+        if self.pad_to:
+            if max(height, width) > self.pad_to:
+                raise ValueError(f"IRNet pad_to={self.pad_to} is smaller than the image ({height}x{width})")
+            batch = F.pad(batch, [0, self.pad_to - width, 0, self.pad_to - height])
         logits, displacement = self(batch)
+        if self.pad_to:  # IRN: feat_size = (H - 1) // 4 + 1
+            grid = ((height - 1) // 4 + 1, (width - 1) // 4 + 1)
+            logits, displacement = logits[..., : grid[0], : grid[1]], displacement[..., : grid[0], : grid[1]]
         boundary = torch.sigmoid((logits[0, 0] + logits[1, 0].flip(-1)) / 2)
         return boundary.cpu(), displacement[0].cpu()
 

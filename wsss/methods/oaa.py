@@ -31,7 +31,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset
-from tqdm import tqdm
 
 from wsss.data.datasets import ClassificationDataset
 from wsss.data.transforms import build_eval_transform
@@ -43,6 +42,7 @@ from wsss.functional.oaa import (
     oaa_topk_filter,
 )
 from wsss.methods.cam import ClassifierModule
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
 

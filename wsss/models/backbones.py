@@ -63,7 +63,8 @@ _IMAGENET_WEIGHTS = {
 class ResNetBackbone(nn.Module):
     """torchvision ResNet trunk; output stride 32, 16 (layer4 dilated) or 8 (layer3+4 dilated)."""
 
-    def __init__(self, name: str, output_stride: int, frozen_stages: int = 0, frozen_bn: bool = False) -> None:
+    def __init__(self, name: str, output_stride: int, frozen_stages: int = 0, frozen_bn: bool = False,
+                 dilate: bool = True) -> None:  # fmt: skip
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"backbone.output_stride must be 8, 16 or 32 for {name}, got {output_stride}")
@@ -71,10 +72,11 @@ class ResNetBackbone(nn.Module):
         norm = {"norm_layer": FrozenBatchNorm2d} if frozen_bn else {}
         net = getattr(torchvision.models, name)(weights=None, **norm)
         # torchvision's BasicBlock refuses dilation, so dilate after construction (works for both).
+        # dilate=False only removes the stride (IRN's resnet50 strides=(2, 2, 2, 1), no dilation).
         if output_stride <= 16:
-            _dilate(net.layer4, 2 if output_stride == 16 else 4)
+            _dilate(net.layer4, (2 if output_stride == 16 else 4) if dilate else 1)
         if output_stride == 8:
-            _dilate(net.layer3, 2)
+            _dilate(net.layer3, 2 if dilate else 1)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         last = _RESNETS[name]
@@ -137,12 +139,15 @@ def _dilate(layer: nn.Module, dilation: int) -> None:
 class VGG16Backbone(nn.Module):
     """VGG-16 as in DeepLab-LargeFOV/OAA: pool4 stride 1, conv5 dilated 2, output stride 8."""
 
-    def __init__(self, output_stride: int = 8, frozen_stages: int = 0) -> None:
+    def __init__(self, output_stride: int = 8, frozen_stages: int = 0, deeplab_pools: bool = False) -> None:
         super().__init__()
         if output_stride != 8:
             raise ValueError(f"backbone.output_stride for vgg16 must be 8, got {output_stride}")
         features = torchvision.models.vgg16(weights=None).features
         layers = list(features.children())
+        if deeplab_pools:  # DeepLab-LargeFOV (SEC): 3x3 stride-2 pools with padding 1
+            for index in (4, 9, 16):
+                layers[index] = nn.MaxPool2d(3, 2, 1)
         # Indices of torchvision's vgg16.features: pool3 = 16, pool4 = 23, pool5 = 30.
         self.conv3 = nn.Sequential(*layers[:16])  # conv1..conv3_3, stride 4
         self.conv4 = nn.Sequential(*layers[16:23], nn.MaxPool2d(3, 1, 1))  # stride 8
@@ -151,6 +156,8 @@ class VGG16Backbone(nn.Module):
             if isinstance(layer, nn.Conv2d):
                 layer.dilation, layer.padding = (2, 2), (2, 2)
             conv5.append(layer)
+        if deeplab_pools:  # DeepLab-LargeFOV pool5 (3x3, stride 1) and its 3x3 average pool
+            conv5 += [nn.MaxPool2d(3, 1, 1), nn.AvgPool2d(3, 1, 1)]
         self.conv5 = nn.Sequential(*conv5)
         self.channels = {"conv3": 256, "conv4": 512, "conv5": 512}
         self.strides = {"conv3": 4, "conv4": 8, "conv5": 8}
@@ -210,7 +217,7 @@ BACKBONES = (*_RESNETS, "vgg16", "resnet38")
 def build_backbone(
     name: str, output_stride: int, weights: str | None = None, frozen_stages: int = 0,
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-    frozen_bn: bool = False,
+    frozen_bn: bool = False, dilate: bool = True, deeplab_pools: bool = False,
 ) -> nn.Module:
     """Build a backbone by name (the ``_target_`` of ``conf/backbone/*.yaml``).
 
@@ -227,12 +234,20 @@ def build_backbone(
             so data configs can interpolate them (``${backbone.mean}``).
         frozen_bn: every BatchNorm frozen (:class:`FrozenBatchNorm2d`; IRN's ResNet-50). ResNet-38's
             BatchNorms are always frozen (PSA/SEAM/EPS).
+        dilate: ResNets only: dilate the stages made stride 1 by ``output_stride`` (DeepLab, the
+            default: keeps each 3x3 kernel's ImageNet field of view). False only drops their
+            stride, as IRN's ResNet-50 (``strides=(2, 2, 2, 1)``); needed to reproduce IRN's
+            released CAM/IRNet weights (``+backbone.dilate=false``).
+        deeplab_pools: VGG-16 only: DeepLab-LargeFOV's pooling (3x3 stride-2 pools with padding
+            1, and after conv5 a 3x3 stride-1 max pool and a 3x3 average pool), as SEC's
+            network; no parameters change. Default False (torchvision's 2x2 pools).
     """
     if name == "efficientnet_lite0":  # conf/backbone/efficientnet_lite0.yaml targets it directly
         from wsss.models.efficientnet import build_efficientnet_lite0
 
-        return build_efficientnet_lite0(output_stride, weights, frozen_stages, mean, std, name, frozen_bn)
-    model = _build(name, output_stride, weights, frozen_stages, frozen_bn)
+        return build_efficientnet_lite0(output_stride, weights, frozen_stages, mean, std, name, frozen_bn,
+                                        dilate, deeplab_pools)
+    model = _build(name, output_stride, weights, frozen_stages, frozen_bn, dilate, deeplab_pools)
     model.mean, model.std = tuple(mean), tuple(std)
     return model
 
@@ -302,11 +317,11 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], source: str = "w
 
 
 def _build(name: str, output_stride: int, weights: str | None, frozen_stages: int,
-           frozen_bn: bool) -> nn.Module:  # fmt: skip
+           frozen_bn: bool, dilate: bool = True, deeplab_pools: bool = False) -> nn.Module:  # fmt: skip
     if name in _RESNETS:
-        model: nn.Module = ResNetBackbone(name, output_stride, frozen_stages, frozen_bn)
+        model: nn.Module = ResNetBackbone(name, output_stride, frozen_stages, frozen_bn, dilate)
     elif name == "vgg16":
-        model = VGG16Backbone(output_stride, frozen_stages)
+        model = VGG16Backbone(output_stride, frozen_stages, deeplab_pools)
     elif name == "resnet38":
         from wsss.models.resnet38 import STAGES, ResNet38
 
@@ -332,10 +347,10 @@ def _build(name: str, output_stride: int, weights: str | None, frozen_stages: in
 
 
 def _load_state_file(path: str) -> dict[str, Tensor]:
+    from wsss.io import load_weights
+
     path_ = Path(path).expanduser()
-    if not path_.is_file():
-        raise FileNotFoundError(f"backbone.weights file not found: {path_}")
-    state = torch.load(path_, map_location="cpu", weights_only=True)
+    state = load_weights(path_, "backbone.weights file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -189,7 +189,8 @@ def load_lite0_weights(model: EfficientNetLite0, path: str | Path) -> None:
 
 def build_efficientnet_lite0(output_stride: int = 16, weights: str | None = "package", frozen_stages: int = 0,
                              mean: Sequence[float] = LITE_MEAN, std: Sequence[float] = LITE_STD,
-                             name: str = "efficientnet_lite0", frozen_bn: bool = False) -> EfficientNetLite0:
+                             name: str = "efficientnet_lite0", frozen_bn: bool = False,
+                             dilate: bool = True, deeplab_pools: bool = False) -> EfficientNetLite0:
     """The EfficientNet-Lite0 backbone (``conf/backbone/efficientnet_lite0.yaml``).
 
     Args:
@@ -200,9 +201,13 @@ def build_efficientnet_lite0(output_stride: int = 16, weights: str | None = "pac
         mean, std: input normalisation the weights expect (kept as ``mean``/``std``).
         name: accepted for the ``name:`` key of backbone configs; must be ``efficientnet_lite0``.
         frozen_bn: every BatchNorm frozen (:class:`wsss.models.norm.FrozenBatchNorm2d`).
+        dilate / deeplab_pools: shared backbone keys; EfficientNet-Lite0 always dilates below
+            ``output_stride`` and has no pools (``dilate=false`` / ``deeplab_pools=true`` are refused).
     """
     if name != "efficientnet_lite0":
         raise ValueError(f"build_efficientnet_lite0 got backbone.name={name!r}")
+    if not dilate or deeplab_pools:
+        raise ValueError("efficientnet_lite0 supports only backbone.dilate=true, backbone.deeplab_pools=false")
     model = EfficientNetLite0(output_stride, frozen_stages)
     if weights in ("package", "imagenet"):
         load_lite0_weights(model, package_weights())

@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from wsss.io import read_json, write_json
+from wsss import perf, progress
+from wsss.io import load_weights, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ class StageContext:
             plugins = slurm_plugins()
             if plugins:
                 kwargs["plugins"] = [*(kwargs.get("plugins") or []), *plugins]
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *perf.callbacks()]
+        kwargs = progress.trainer_kwargs(kwargs)  # no progress-bar frames when stdout is not a TTY
         return L.Trainer(default_root_dir=str(self.out_dir), **kwargs)
 
     def fit(self, model: L.LightningModule, checkpoint_dir: Path | None = None,
@@ -204,8 +207,8 @@ def save_model(module: torch.nn.Module, path: Path) -> None:
 def load_model(module: torch.nn.Module, path: Path) -> torch.nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"model weights not found: {path} (written by a fit stage)")
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return module.eval()
+    module.load_state_dict(load_weights(path, "model weights"))
+    return perf.prepare_for_inference(module.eval())
 
 
 def init_backbone(module: torch.nn.Module, state_file: Path) -> None:
@@ -215,7 +218,7 @@ def init_backbone(module: torch.nn.Module, state_file: Path) -> None:
     """
     if not state_file.is_file():
         raise FileNotFoundError(f"cannot initialise the backbone: {state_file} does not exist")
-    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    state = load_weights(state_file, "classifier weights")
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     if not backbone:
         raise KeyError(f"{state_file} holds no 'backbone.*' weights to initialise from")
@@ -228,8 +231,7 @@ def resolve_data_root(cfg: DictConfig) -> Path:
         root = Path(cfg.data.root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(
-                f"data.root={root} does not exist; expected a PASCAL VOC 2012 tree "
-                "(<root>/JPEGImages, <root>/SegmentationClass, <root>/ImageSets/Segmentation/*.txt)"
+                f"data.root={root} does not exist; expected the dataset directory of {cfg.data.source._target_}"
             )
         return root
     from wsss.data.synthetic import ensure_synthetic_voc

@@ -59,6 +59,7 @@ def global_config(cfg: DictConfig, keys: Iterable[str] | None = None) -> dict[st
     for key in ("num_workers", "persistent_workers", "pin_memory"):
         module.pop(key, None)
     data["module"] = module
+    data.pop("check", None)  # how the pre-flight data check runs (workers, cache) shapes no output
     if data.get("root") is not None:
         data.pop("synthetic", None)  # only used when there is no root
     trainer = cfg.get("trainer") or {}

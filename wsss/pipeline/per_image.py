@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
+
+from wsss.parallel import map_per_image
 
 
 class PerImage(Dataset):
@@ -33,9 +34,7 @@ def _as_is(item: dict) -> dict:
 
 
 def run_per_image(ids: list[str], work: Callable[[str], dict], num_workers: int, desc: str) -> Iterable[dict]:
-    loader = DataLoader(PerImage(ids, work), batch_size=None, num_workers=num_workers,
-                        collate_fn=_as_is)
-    yield from tqdm(loader, total=len(ids), desc=desc)
+    yield from map_per_image(work, ids, num_workers, desc)
 
 
 def valid_npz(path: Path, keys: Sequence[str] = ()) -> bool:
@@ -75,3 +74,40 @@ def pending(ids: Sequence[str], path_of: Callable[[str], Path], valid: Callable[
         for tmp in folder.glob(".*") if folder.is_dir() else ():
             tmp.unlink(missing_ok=True)  # a temp file of a write that never finished
     return todo
+
+
+def shard(ids: Sequence[str]) -> list[str]:
+    """This DDP rank's share of ``ids`` (every ``world``-th from its rank; all without DDP).
+
+    A per-image stage with ``all_ranks: true`` runs on every rank, writes the files of its share
+    and reduces its scores (:func:`reduce_sum`, ``SegmentationMetric(sync=True)``)."""
+    from wsss.pipeline.context import rank, world_size
+
+    return list(ids)[rank() :: world_size()] if world_size() > 1 else list(ids)
+
+
+def reduce_sum(values: Sequence[float]) -> list[float]:
+    """Element-wise sum of ``values`` over DDP ranks (as given without DDP)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return tensor.cpu().tolist()
+
+
+def done_label(path: Path) -> np.ndarray | None:
+    """The label PNG an interrupted attempt already wrote at ``path`` (None: compute it)."""
+    from wsss.io import load_label_png
+
+    return load_label_png(path) if path.is_file() and valid_png(path) else None
+
+
+def done_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """The .npz arrays an interrupted attempt already wrote at ``path`` (None: compute them)."""
+    from wsss.io import load_npz
+
+    return load_npz(path) if path.is_file() and valid_npz(path, keys) else None

@@ -121,8 +121,12 @@ def _requirements(cfg: DictConfig) -> list[str]:
             actual = _get(cfg, req.key, "<unset>")
             if actual != req.value:
                 problems.append(f"stages.{name} ({cfg.stages[name]._target_.rsplit('.', 2)[-2]}) needs "
-                                f"{req.key}={req.value}, got {actual}: {req.fix}")  # fmt: skip
+                                f"{req.key}={_yaml(req.value)}, got {_yaml(actual)}: {req.fix}")  # fmt: skip
     return problems
+
+
+def _yaml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
 
 
 def _weights(cfg: DictConfig) -> list[str]:
@@ -163,8 +167,9 @@ def _data(cfg: DictConfig) -> list[str]:
         return problems  # the synthetic tree is generated (with its saliency maps) at run time
     root = Path(str(root)).expanduser()
     if not root.is_dir():
-        return [*problems, (f"data.root={root} does not exist: pass the dataset directory "
-                            f"(VOC: the VOC2012 folder holding JPEGImages/)")]  # fmt: skip
+        from wsss.pipeline.validate import reader_layout
+
+        return [*problems, f"data.root={root} does not exist; {reader_layout(cfg)}"]
     for key, folder in _saliency_dirs(cfg):
         path = Path(str(folder)).expanduser()
         path = path if path.is_absolute() else root / path
@@ -175,13 +180,14 @@ def _data(cfg: DictConfig) -> list[str]:
 
 
 def _saliency_dirs(cfg: DictConfig) -> Iterable[tuple[str, Any]]:
+    """(key, folder) of the saliency folder the run reads; ``data.module.saliency_dir`` is the one
+    key (EPS reads it by interpolation, null = SALImages; make_cues falls back to its own)."""
+    from wsss.data.check import saliency_requirement
+
     order = _stages(cfg)
-    if "train_cls" in order and _get(cfg, "method.saliency_dir") is not None:
-        yield "method.saliency_dir", cfg.method.saliency_dir
-    if "make_cues" in order and _get(cfg, "stages.make_cues.saliency") == "png":
-        yield "stages.make_cues.saliency_dir", cfg.stages.make_cues.saliency_dir
-    if _get(cfg, "data.module.saliency_dir") is not None:
-        yield "data.module.saliency_dir", cfg.data.module.saliency_dir
+    if ("train_cls" in order or "make_cues" in order or _get(cfg, "data.module.saliency_dir")) and (
+            need := saliency_requirement(cfg)) is not None:  # fmt: skip
+        yield need[1], need[0]
 
 
 def _dry_build(cfg: DictConfig) -> list[str]:

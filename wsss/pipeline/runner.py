@@ -18,9 +18,12 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from wsss import perf
 from wsss.io import CorruptArtifactError, read_json, write_json
+from wsss.pipeline import wandb_dashboard
 from wsss.pipeline.context import (
     CKPT_DIR,
+    METRICS_FILE,
     REUSED_FILE,
     StageContext,
     barrier,
@@ -32,8 +35,10 @@ from wsss.pipeline.context import (
     read_metrics,
 )
 from wsss.pipeline.manifest import (
+    MANIFEST_FILE,
     STARTED_FILE,
     build_manifest,
+    digest,
     fingerprint,
     format_diff,
     read_manifest,
@@ -56,14 +61,10 @@ def make_loggers(cfg: DictConfig, stage: str, run_dir: Path) -> list[Logger]:
     for node in (cfg.get("logger") or {}).values():
         if node is None:
             continue
-        target = node["_target_"]
-        extra: dict[str, Any] = {"save_dir": str(run_dir / "stages" / stage)}
-        if target.endswith("WandbLogger"):
-            extra.update(name=f"{run_dir.name}/{stage}", group=str(run_dir.name), job_type=stage,
-                         save_dir=str(run_dir))
-        else:
-            extra.update(name="csv", version="")
-        loggers.append(instantiate(node, **extra))
+        if wandb_dashboard.is_wandb(node):  # config, group, tags: see wandb_dashboard
+            loggers.append(wandb_dashboard.build_logger(cfg, stage, run_dir, node))
+            continue
+        loggers.append(instantiate(node, save_dir=str(run_dir / "stages" / stage), name="csv", version=""))
     return loggers
 
 
@@ -106,6 +107,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
     that do not fit stop the run with the differing keys unless ``pipeline.reuse=force``), and
     each stage to run gets its module's ``preflight(ctx)`` called, if it has one."""
     L.seed_everything(cfg.seed, workers=True)
+    perf.configure(cfg.get("perf"))
     check_num_classes(cfg)
     pipe = cfg.pipeline
     unknown = [s for s in (pipe.only or []) if s not in pipe.order]
@@ -155,14 +157,16 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
             # Every scalar a stage reports also reaches its loggers (CSV / W&B summary).
             ctx.log_metrics({k: v for k, v in metrics.items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            wandb_dashboard.log_stage(ctx, metrics)  # summary, tables, masks, artifacts
         finally:
             _close(ctx.loggers)
         if all_ranks:
             barrier()  # every rank's share (e.g. predicted CAMs) is on disk before the marker
         if rank() == 0:
             finish_stage(ctx, metrics)
+            for ckpt_dir in sorted(ctx.out_dir.rglob(CKPT_DIR)):  # resume state, not output
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
             write_manifest(ctx.out_dir, stage_manifest(cfg, ctx, forced))
-            shutil.rmtree(ctx.out_dir / CKPT_DIR, ignore_errors=True)  # resume state, not output
         results[name] = {"stage": name, **metrics}  # the same dict metrics.json holds
     if reused and not reused_written and rank() == 0:
         write_json(run_dir / REUSED_FILE, reused)  # every stage was reused
@@ -298,24 +302,33 @@ def check_artifacts(stage_dir: Path, manifest: dict) -> list[str]:
 def prepare_stage_dir(cfg: DictConfig, run_dir: Path, name: str, replace: bool) -> None:
     """Keep a stage directory's partial artifacts (per-image resume, fit checkpoints) only when
     they were started by the same config and inputs (``started.json``); move anything else aside
-    to ``<run>/replaced/``. Then record what this attempt starts from."""
+    to ``<run>/replaced/``. Then record what this attempt starts from.
+
+    A finished copy that is run again is moved aside too, unless the stage module lists
+    ``RESUME_IGNORES`` (stage keys that may change between attempts, e.g. self_train's
+    ``rounds``): then its work is kept for the stage to reuse (self_train's finished rounds)."""
     stage_dir = run_dir / "stages" / name
-    started = {**fingerprint(cfg, name), "inputs": _declared_input_hashes(cfg, run_dir, name)}
-    started.pop("config")
+    ignores = getattr(_stage_module(cfg, name), "RESUME_IGNORES", None)
+    config = fingerprint(cfg, name)["config"]
+    config["stage"] = {k: v for k, v in config["stage"].items() if k not in (ignores or ())}
+    started = {"config_hash": digest(config), "inputs": _declared_input_hashes(cfg, run_dir, name)}
     if stage_dir.exists():
         previous = None
-        if (stage_dir / STARTED_FILE).is_file() and not is_finished(stage_dir):
+        if (stage_dir / STARTED_FILE).is_file():
             try:
                 previous = read_json(stage_dir / STARTED_FILE)
             except ValueError:
                 previous = None
-        if previous != started or (replace and is_finished(stage_dir)):
+        finished = is_finished(stage_dir)
+        if previous != started or (finished and (replace and ignores is None)):
             target = run_dir / REPLACED_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(stage_dir), str(target))
             log.warning("stage %s: moved the earlier (different or finished) attempt to %s", name, target)
         else:
-            log.info("stage %s: resuming the interrupted attempt in %s", name, stage_dir)
+            for marker in (MANIFEST_FILE, METRICS_FILE):  # unfinished again until this attempt ends
+                (stage_dir / marker).unlink(missing_ok=True)
+            log.info("stage %s: resuming the earlier attempt in %s", name, stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_json(stage_dir / STARTED_FILE, started)
 

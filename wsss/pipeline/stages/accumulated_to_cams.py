@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from wsss.data.datasets import collate_single
 from wsss.functional.cam import normalize_cam
@@ -29,6 +28,7 @@ from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import stage_images
 from wsss.pipeline.manifest import HOLDOUT_KEYS, MODEL_KEYS
 from wsss.pipeline.models import load_stage_model
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 # What outside stages.accumulated_to_cams shapes its output (its manifest): the network, the data and which
 # images the held-out subset holds; not how thresholds are chosen.

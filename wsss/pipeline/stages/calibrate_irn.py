@@ -9,13 +9,13 @@ per-batch means of top-left 512 crops of train.txt; here each full image counts 
 from __future__ import annotations
 
 import numpy as np
-from tqdm import tqdm
 
 from wsss.io import save_npz
 from wsss.methods.irnet import mean_displacement
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import stage_images
 from wsss.pipeline.models import SHIFT_FILE, load_stage_model, torch_threads
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 __all__ = ["SHIFT_FILE", "mean_displacement", "run"]
 

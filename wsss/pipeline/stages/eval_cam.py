@@ -15,12 +15,12 @@ import logging
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wsss.functional.cam import cams_to_label
 from wsss.io import load_npz
 from wsss.metrics.cam_threshold import ThresholdSweep
 from wsss.metrics.segmentation import class_names_iou, scores_from_confusion
+from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import (
@@ -43,7 +43,7 @@ def sweep(ctx: StageContext, cam_dir, split: str, ids: list[str], thresholds) ->
     """Threshold sweep over ``ids`` (every one must have a GT mask: see :func:`with_gt`)."""
     src = source(ctx, split, for_eval=True)
     result = ThresholdSweep(thresholds, num_classes=ctx.cfg.data.num_classes + 1)
-    for image_id in tqdm(ids, desc=f"eval_cam[{split}]", leave=False):
+    for image_id in progress(ids, desc=f"eval_cam[{split}]", leave=False):
         arrays = load_npz(cam_file(cam_dir, image_id))
         gt = torch.from_numpy(src.load_mask(image_id).astype(np.int64))
         result.update(torch.from_numpy(arrays["cams"]), torch.from_numpy(arrays["keys"]), gt)

@@ -12,15 +12,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from wsss.functional.crf import dense_crf
 from wsss.functional.segmentation import multiscale_probs
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
-from wsss.pipeline.context import StageContext
+from wsss.parallel import progress
+from wsss.pipeline.context import StageContext, world_size
 from wsss.pipeline.image_sets import eval_ids, load_rgb, no_gt_note, source, stage_images
 from wsss.pipeline.models import load_stage_model
+from wsss.pipeline.per_image import reduce_sum, shard
 from wsss.pipeline.visualize import cam_panel, publish
 
 
@@ -35,10 +36,11 @@ def run(ctx: StageContext) -> dict:
     n = ctx.cfg.data.num_classes + 1
     multi = list(p.scales) != [1.0] or p.flip
     kinds = ["single", "full"] + (["ms"] if multi else []) + (["crf"] if p.crf else [])
-    metrics = {kind: SegmentationMetric(n) for kind in kinds}
+    sync = world_size() > 1  # under DDP (all_ranks) each rank predicts its share; sums over ranks
+    metrics = {kind: SegmentationMetric(n, sync=sync) for kind in kinds}
     crf_params = OmegaConf.to_container(p.crf_params, resolve=True)
     panels: list = []
-    for index in tqdm(range(len(dataset)), desc="eval_seg"):
+    for index in progress(shard(range(len(dataset))), desc="eval_seg"):
         item = dataset[index]
         name, image = item["name"], item["image"][None].to(device)
         gt = torch.from_numpy(gt_src.load_mask(name).astype(np.int64)) if gt_src.has_mask(name) else None
@@ -64,6 +66,7 @@ def run(ctx: StageContext) -> dict:
             panels.append((name, cam_panel(load_rgb(gt_src, name), np.zeros((0,)), *masks)))
     publish(panels, ctx.out_dir / "examples", "eval_seg/examples", ctx.loggers)
 
+    counts = dict(zip(counts, (int(v) for v in reduce_sum(list(counts.values())))))
     names = ("background", *gt_src.class_names)
     # Nothing is computed (or reported) for a kind that scored no image with a GT mask.
     results = {kind: metric.compute() for kind, metric in metrics.items()

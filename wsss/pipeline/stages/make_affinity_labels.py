@@ -24,12 +24,15 @@ from wsss.io import save_label_png
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import load_cams, load_rgb, source
-from wsss.pipeline.per_image import run_per_image
+from wsss.pipeline.per_image import done_label, run_per_image
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
 def _affinity_label(image_id: str, cam_dir: Path, src, out_dir: Path, low: float, high: float,
                     crf: dict) -> dict:  # fmt: skip
+    done = done_label(out_dir / f"{image_id}.png")  # written by an interrupted attempt
+    if done is not None:
+        return {"id": image_id, "label": done}
     cams, keys = load_cams(cam_dir, image_id)
     cams = torch.from_numpy(cams)
     image = load_rgb(src, image_id)

@@ -20,9 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from wsss.data.sources import Source
 from wsss.functional.sec import (
@@ -31,11 +29,12 @@ from wsss.functional.sec import (
     gradient_saliency,
     localization_cues,
 )
-from wsss.io import load_npz, save_label_png
+from wsss.io import load_grey, load_npz, save_label_png
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import cam_file, eval_ids, no_gt_note, source
 from wsss.pipeline.models import load_stage_model
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 SALIENCY_MODES = ("gradient", "png")
 CUE_DIR = "cues"
@@ -68,11 +67,8 @@ class _CueInputs(Dataset):
         cams = torch.from_numpy(arrays["cams"])
         out = {"name": name, "keys": torch.from_numpy(arrays["keys"]).long(), "cams": _area(cams, self.grid)}
         if self.mode == "png":
-            path = self.saliency_dir / f"{name}.png"
-            if not path.is_file():
-                raise FileNotFoundError(f"saliency map not found: {path} (make_cues.saliency=png)")
-            with Image.open(path) as image:
-                sal = torch.from_numpy(np.array(image.convert("L"), dtype=np.float32) / 255.0)
+            grey = load_grey(self.saliency_dir / f"{name}.png", "saliency map (make_cues.saliency=png)")
+            sal = torch.from_numpy(grey.astype(np.float32) / 255.0)
             out["saliency"] = _area(sal[None], self.grid)[0]
         else:  # the classifier sees the image warped to the SEC input size, as in SEC's notebook
             rgb = torch.from_numpy(self.src.load_image(name)).permute(2, 0, 1).float().div(255.0)
@@ -86,7 +82,8 @@ def _saliency_dir(root: Path, directory: str) -> Path:
     path = Path(directory)
     path = path if path.is_absolute() else root / path
     if not path.is_dir():
-        raise FileNotFoundError(f"saliency directory not found: {path} (make_cues.saliency_dir); "
+        raise FileNotFoundError(f"saliency directory not found: {path} (data.module.saliency_dir, "
+                                "else stages.make_cues.saliency_dir); "
                                 "use make_cues.saliency=gradient when the dataset has no saliency maps")
     return path
 
@@ -110,7 +107,9 @@ def run(ctx: StageContext) -> dict:
     fg_fraction = (float(p.fg_fraction) if p.fg_fraction is not None
                    else read_metrics(ctx.read("threshold"))["threshold"])
     src = source(ctx, p.split)
-    sal_dir = _saliency_dir(src.root, p.saliency_dir) if p.saliency == "png" else None
+    # data.module.saliency_dir is the one key for saliency maps; the stage's own is its default
+    sal_dir = (_saliency_dir(src.root, ctx.cfg.data.module.get("saliency_dir") or p.saliency_dir)
+               if p.saliency == "png" else None)
     data = ctx.cfg.data.module
     job = _CueInputs(src.ids, src, cam_dir, int(p.grid_size), p.saliency, sal_dir, int(p.input_size),
                      data.mean, data.std)  # fmt: skip

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wsss.functional.irn import instance_masks_from_walk, instances_from_displacement
 from wsss.io import save_npz
 from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from_semantic
+from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
+from wsss.pipeline.per_image import done_npz
 
 
 def gt_instances(src, image_id: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -63,18 +64,21 @@ def _run(ctx: StageContext) -> dict:
     dataset = stage_images(ctx, [p.split], include_holdout=False)
     preds: dict[str, list] = {"masks": [], "classes": [], "scores": [], "gt_masks": [], "gt_classes": []}
     gt_kinds, num_instances = set(), 0
-    for index in tqdm(range(len(dataset)), desc="make_ins_seg_labels"):
+    for index in progress(range(len(dataset)), desc="make_ins_seg_labels"):
         item = dataset[index]
         name, size = item["name"], item["size"]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
-        boundary, displacement = model.edge_displacement(item["image"])
-        instance_map = instances_from_displacement(displacement, p.displacement_threshold, p.n_iter)
-        result = instance_masks_from_walk(
-            stride4_cams(floored(cams, floor), tuple(boundary.shape)), keys, boundary, instance_map, size,
-            radius=p.radius, beta=p.beta, exp_times=p.exp_times, bg_threshold=bg,
-            min_fragment_ratio=p.min_fragment_ratio, stride=STRIDE,
-        )
-        save_npz(ctx.out_dir / "instances" / f"{name}.npz", **result)
+        path = ctx.out_dir / "instances" / f"{name}.npz"
+        result = done_npz(path, ("masks", "classes", "scores"))  # written by an interrupted attempt
+        if result is None:
+            boundary, displacement = model.edge_displacement(item["image"])
+            instance_map = instances_from_displacement(displacement, p.displacement_threshold, p.n_iter)
+            result = instance_masks_from_walk(
+                stride4_cams(floored(cams, floor), tuple(boundary.shape)), keys, boundary, instance_map, size,
+                radius=p.radius, beta=p.beta, exp_times=p.exp_times, bg_threshold=bg,
+                min_fragment_ratio=p.min_fragment_ratio, stride=STRIDE,
+            )
+            save_npz(path, **result)
         num_instances += len(result["scores"])
         if name in evaluated:
             gt_masks, gt_classes, kind = gt_instances(gt_src, name)
@@ -98,6 +102,12 @@ def _run(ctx: StageContext) -> dict:
            "includes": "IRN instance pseudo labels (displacement clustering + boundary random walk, "
                        f"bg {bg:.2f}); APr50 (VOC) vs GT instances from {gt_from}"
                        + (" (connected components of the semantic GT)" if "semantic" in gt_kinds else "")}
+    if p.get("coco_json"):  # the instances as one COCO annotation file (RLE masks)
+        from wsss.data.coco_export import instance_dir_to_coco
+
+        counts = instance_dir_to_coco(ctx.out_dir / "instances", ctx.out_dir / "instances_coco.json",
+                                      gt_src.class_names, lambda i: dataset.source.image_path(i).name)
+        out.update(coco_json="instances_coco.json", coco_annotations=counts["annotations"])
     if not preds["masks"]:
         out["note"] = no_gt_note(ctx.cfg.protocol.eval_split, len(reported & set(dataset.source.ids)))
     return out

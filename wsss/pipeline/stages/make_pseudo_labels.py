@@ -4,7 +4,9 @@ For every image of the pseudo-label split the scores [threshold, CAM_1..CAM_K] a
 pixels whose best score beats the runner-up by less than ``ignore_margin`` become 255 (unsure).
 With ``crf: true`` the same scores, normalised per pixel, go through pydensecrf first, and
 both versions are written and evaluated, so their difference is visible in ``metrics.json``.
-Work runs in DataLoader workers (the CRF is CPU bound).
+Work runs in DataLoader workers (the CRF is CPU bound); under DDP each rank labels its share of
+the images (``all_ranks``) and the scores are summed over ranks. Labels an interrupted attempt
+already wrote are read back, not recomputed.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from wsss.data.labels import IGNORE
 from wsss.functional.crf import dense_crf
-from wsss.io import save_label_png
+from wsss.io import load_label_png, save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
+from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
-from wsss.pipeline.context import StageContext, read_metrics
+from wsss.pipeline.context import StageContext, read_metrics, world_size
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source, with_gt
+from wsss.pipeline.per_image import reduce_sum, shard, valid_png
 
 
 def scores_to_label(scores: np.ndarray, keys: np.ndarray, margin: float) -> np.ndarray:
@@ -45,6 +48,9 @@ class _PseudoLabelJob(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.ids[index]
+        done = self._done(image_id)
+        if done is not None:
+            return done
         cams, keys = load_cams(self.cam_dir, image_id)
         background = np.full((1, *cams.shape[1:]), self.threshold, dtype=np.float32)
         scores = np.concatenate([background, cams], axis=0)
@@ -57,6 +63,14 @@ class _PseudoLabelJob(Dataset):
             save_label_png(self.out_dir / "labels_crf" / f"{image_id}.png", out["crf"])
         return out
 
+    def _done(self, image_id: str) -> dict | None:
+        """The labels an interrupted attempt already wrote for ``image_id`` (None: compute them)."""
+        kinds = {"plain": "labels", **({"crf": "labels_crf"} if self.crf is not None else {})}
+        paths = {kind: self.out_dir / folder / f"{image_id}.png" for kind, folder in kinds.items()}
+        if not all(path.is_file() and valid_png(path) for path in paths.values()):
+            return None
+        return {"id": image_id, **{kind: load_label_png(path) for kind, path in paths.items()}}
+
 
 def run(ctx: StageContext) -> dict:
     p, proto = ctx.params, ctx.cfg.protocol
@@ -65,16 +79,18 @@ def run(ctx: StageContext) -> dict:
     threshold = float(p.threshold) if p.threshold is not None else read_metrics(ctx.read("threshold"))["threshold"]
     crf = OmegaConf.to_container(p.crf_params, resolve=True) if p.crf else None
     ids = source(ctx, p.split).ids
-    job = _PseudoLabelJob(ids, cam_dir, source(ctx, p.split), ctx.out_dir, threshold, p.ignore_margin, crf)
+    # Under DDP (all_ranks) each rank labels its share; the scores are summed over ranks.
+    job = _PseudoLabelJob(shard(ids), cam_dir, source(ctx, p.split), ctx.out_dir, threshold, p.ignore_margin, crf)
     loader = DataLoader(job, batch_size=None, num_workers=p.num_workers)
 
     eval_src = source(ctx, proto.eval_split, for_eval=True)
     reported = set(eval_ids(ctx, proto.eval_split)) & set(ids)
     evaluated = set(with_gt(eval_src, reported))  # only images with a GT mask are scored
     n = ctx.cfg.data.num_classes + 1
-    metrics = {"plain": SegmentationMetric(n), "crf": SegmentationMetric(n)}
+    sync = world_size() > 1
+    metrics = {"plain": SegmentationMetric(n, sync=sync), "crf": SegmentationMetric(n, sync=sync)}
     ignored = {"plain": [0, 0], "crf": [0, 0]}
-    for item in tqdm(loader, total=len(job), desc="make_pseudo_labels"):
+    for item in progress(loader, desc="make_pseudo_labels"):
         for kind in ("plain", "crf"):
             if kind not in item:
                 continue
@@ -85,6 +101,7 @@ def run(ctx: StageContext) -> dict:
                 gt = torch.from_numpy(eval_src.load_mask(item["id"]).astype(np.int64))
                 metrics[kind].update(label, gt)
 
+    ignored = {kind: reduce_sum(counts) for kind, counts in ignored.items()}  # over DDP ranks
     out: dict = {"threshold": threshold, "ignore_margin": float(p.ignore_margin), "split": p.split,
                  "num_images": len(ids), "eval_split": proto.eval_split,
                  "label_dir": "labels_crf" if (p.crf and p.use_crf) else "labels"}

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wsss.functional.cam import cams_to_label
 from wsss.functional.random_walk import irn_scores_to_label, irn_semantic_scores, upsample_scores
 from wsss.io import save_label_png
 from wsss.metrics.cam_threshold import ThresholdSweep
+from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import (
@@ -35,6 +35,7 @@ from wsss.pipeline.image_sets import (
 )
 from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
+from wsss.pipeline.per_image import done_label
 from wsss.pipeline.protocol import MissingGroundTruthError
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
@@ -50,7 +51,7 @@ def walk_scores(model: torch.nn.Module, item: dict, cams: torch.Tensor, floor: f
     a constant background to get the label)."""
     boundary, _ = model.edge_displacement(item["image"])
     scores = irn_semantic_scores(stride4_cams(floored(cams, floor), tuple(boundary.shape)), boundary,
-                                 p.radius, p.beta, p.exp_times)  # fmt: skip
+                                 p.radius, p.beta, p.exp_times, p.get("sources", "all"))  # fmt: skip
     return upsample_scores(scores, item["size"], STRIDE)
 
 
@@ -68,7 +69,7 @@ def holdout_bg_threshold(ctx: StageContext, model: torch.nn.Module, cam_dir, flo
         )
     sweep = ThresholdSweep(list(thresholds), num_classes=ctx.cfg.data.num_classes + 1)
     dataset = images_of(ctx, proto.holdout_split, held)
-    for index in tqdm(range(len(dataset)), desc="make_sem_seg_labels[holdout]", leave=False):
+    for index in progress(range(len(dataset)), desc="make_sem_seg_labels[holdout]", leave=False):
         item = dataset[index]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, item["name"]))
         scores = walk_scores(model, item, cams, floor, ctx.params)
@@ -93,13 +94,16 @@ def _run(ctx: StageContext) -> dict:
     bg = float(bg)
     dataset = stage_images(ctx, [p.split], include_holdout=False)
     walked, seeded = LabelScore(ctx), LabelScore(ctx)
-    for index in tqdm(range(len(dataset)), desc="make_sem_seg_labels"):
+    for index in progress(range(len(dataset)), desc="make_sem_seg_labels"):
         item = dataset[index]
         name = item["name"]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
-        label = irn_scores_to_label(walk_scores(model, item, cams, floor, p), keys, bg)
-        label = label.numpy().astype(np.uint8)
-        save_label_png(ctx.out_dir / "labels" / f"{name}.png", label)
+        path = ctx.out_dir / "labels" / f"{name}.png"
+        label = done_label(path)  # written by an interrupted attempt
+        if label is None:
+            label = irn_scores_to_label(walk_scores(model, item, cams, floor, p), keys, bg)
+            label = label.numpy().astype(np.uint8)
+            save_label_png(path, label)
         walked.update(name, label)
         seeded.update(name, cams_to_label(floored(cams, floor), keys, bg).numpy())
     out = {

@@ -12,15 +12,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from wsss.functional.cam import background_power
 from wsss.functional.random_walk import random_walk_from_features, upsample_scores
 from wsss.io import load_npz, save_label_png
+from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import cam_file, stage_images
 from wsss.pipeline.models import load_stage_model, torch_threads
+from wsss.pipeline.per_image import done_label
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
@@ -49,18 +50,21 @@ def _run(ctx: StageContext) -> dict:
     cam_dir = cam_dir_of(ctx.read("cams"))
     dataset = stage_images(ctx, [p.split], include_holdout=False)
     walked, seeded = LabelScore(ctx), LabelScore(ctx)
-    for index in tqdm(range(len(dataset)), desc="random_walk"):
+    for index in progress(range(len(dataset)), desc="random_walk"):
         item = dataset[index]
         name, size = item["name"], item["size"]
         arrays = load_npz(cam_file(cam_dir, name))
         cams, lut = torch.from_numpy(arrays["cams"]), _lut(arrays["keys"])
         seeds = torch.cat([background_power(cams, float(p.bg_alpha))[None], cams])
-        features = model(item["image"][None].to(next(model.parameters()).device))[0].cpu()
-        grid = tuple(features.shape[-2:])
-        walk = random_walk_from_features(pool_to_grid(seeds, grid, stride), features,
-                                         p.radius, p.beta, p.logt)  # fmt: skip
-        label = lut[upsample_scores(walk, size, stride).argmax(0)].numpy().astype(np.uint8)
-        save_label_png(ctx.out_dir / "labels" / f"{name}.png", label)
+        path = ctx.out_dir / "labels" / f"{name}.png"
+        label = done_label(path)  # written by an interrupted attempt
+        if label is None:
+            features = model(item["image"][None].to(next(model.parameters()).device))[0].cpu()
+            grid = tuple(features.shape[-2:])
+            walk = random_walk_from_features(pool_to_grid(seeds, grid, stride), features,
+                                             p.radius, p.beta, p.logt, p.get("sources", "all"))  # fmt: skip
+            label = lut[upsample_scores(walk, size, stride).argmax(0)].numpy().astype(np.uint8)
+            save_label_png(path, label)
         walked.update(name, label)
         seeded.update(name, lut[seeds.argmax(0)].numpy())
     out = {"split": p.split, "num_images": len(dataset), "label_dir": "labels", **walked.result(False),

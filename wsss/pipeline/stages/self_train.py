@@ -26,7 +26,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from wsss.data.datasets import collate_single
 from wsss.data.labels import IGNORE
@@ -45,8 +44,13 @@ from wsss.pipeline.collapse import collapse_guard, label_foreground_fraction
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
 from wsss.pipeline.image_sets import eval_ids, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.models import init_from
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
+
+# Changing these keeps the finished rounds of an earlier attempt in the same run dir (more rounds
+# reuse rounds 0..k-1; see `resume`); any other change starts the stage afresh.
+RESUME_IGNORES = ("rounds",)
 
 
 def refine_prediction(image: np.ndarray, probs: np.ndarray, values: np.ndarray, confidence: float,

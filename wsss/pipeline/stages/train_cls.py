@@ -6,6 +6,7 @@ from hydra.utils import instantiate
 
 from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
 from wsss.pipeline.manifest import MODEL_KEYS
+from wsss.pipeline.official import load_release
 
 # What outside stages.train_cls shapes its output (its manifest; not the evaluation protocol).
 GLOBAL_KEYS = MODEL_KEYS
@@ -13,6 +14,9 @@ GLOBAL_KEYS = MODEL_KEYS
 def run(ctx: StageContext) -> dict[str, float]:
     p = ctx.params
     model = instantiate(ctx.cfg.method)
+    released = load_release(ctx, model)  # from_checkpoint: the authors' weights, no training
+    if released is not None:
+        return released
     # A method may need extra inputs from the data (EPS: saliency maps); it says which.
     extra = getattr(model, "datamodule_overrides", dict)()
     datamodule = ctx.datamodule(**{

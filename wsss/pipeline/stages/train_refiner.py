@@ -16,6 +16,7 @@ from wsss.pipeline.artifacts import label_dir
 from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
 from wsss.pipeline.manifest import MODEL_KEYS
 from wsss.pipeline.models import init_from, torch_threads
+from wsss.pipeline.official import load_release
 
 # What outside stages.train_refiner shapes its output (its manifest; not the evaluation protocol).
 GLOBAL_KEYS = MODEL_KEYS
@@ -27,6 +28,9 @@ def run(ctx: StageContext) -> dict:
 
 def _run(ctx: StageContext) -> dict:
     p = ctx.params
+    released = load_release(ctx, instantiate(p.module))  # from_checkpoint: no training
+    if released is not None:
+        return released
     labels = label_dir(ctx.read("labels"))
     jitter = OmegaConf.to_container(p.color_jitter, resolve=True) if p.color_jitter else None
     datamodule = ctx.datamodule(

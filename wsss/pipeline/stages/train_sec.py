@@ -15,12 +15,16 @@ from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
 from wsss.pipeline.image_sets import source
 from wsss.pipeline.manifest import MODEL_KEYS
+from wsss.pipeline.official import load_release
 
 # What outside stages.train_sec shapes its output (its manifest; not the evaluation protocol).
 GLOBAL_KEYS = MODEL_KEYS
 
 def run(ctx: StageContext) -> dict:
     p = ctx.params
+    released = load_release(ctx, instantiate(p.module))  # from_checkpoint: no training
+    if released is not None:
+        return released
     cues_stage = ctx.read("cues")
     data = ctx.cfg.data.module
     dataset = CueDataset(source(ctx, p.split), cue_dir_of(cues_stage), int(p.input_size), data.mean,
