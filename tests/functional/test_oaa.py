@@ -149,3 +149,50 @@ def test_accumulator_state_dict_and_npz(tmp_path: Path) -> None:
     assert a["maps"].dtype.name == "float32"
     assert a["maps"][1].tolist() == [[0.0, 1.0]]
     assert load_npz(tmp_path / "b.npz")["keys"].tolist() == [1]
+
+
+def test_proxy_labels_hand_made() -> None:
+    """OAA gen_gt on a 2x4 image, two classes; each pixel exercises one rule."""
+    from wsss.functional.oaa import oaa_proxy_labels
+
+    # saliency in [0, 1]
+    sal = torch.tensor([[0.0, 0.0, 1.0, 1.0],
+                        [0.2, 0.9, 0.05, 1.0]])
+    # class 4 and class 1 (given out of order); attention already in [0, 1] (min 0, max 1)
+    att4 = torch.tensor([[0.0, 0.0, 0.95, 0.5],
+                         [0.0, 0.2, 0.0, 1.0]])
+    att1 = torch.tensor([[0.0, 0.0, 0.2, 0.95],
+                         [0.0, 0.0, 0.0, 1.0]])
+    label = oaa_proxy_labels(sal, torch.stack([att4, att1]), torch.tensor([4, 1]))
+    expected = torch.tensor([
+        # bg 1.0 | bg 1.0 | class 4 (0.95 > 0.2, bg 0) | class 1 0.95 > 0.5
+        [0, 0, 5, 2],
+        # bg 0.8 with sal 0.2 >= 32/255 -> ignored | bg score 0.1 -> 0, att 0.2 -> 0: all zero ->
+        # background, but salient (0.9) -> ignored | bg 0.95, sal 0.05 < 0.125 -> background |
+        # both classes 1.0 > 0.9: conflict -> ignored
+        [255, 255, 0, 255],
+    ], dtype=torch.uint8)
+    assert torch.equal(label, expected)
+
+
+def test_proxy_labels_attention_makes_background_unsure_and_small_fg_is_dropped() -> None:
+    from wsss.functional.oaa import oaa_proxy_labels
+
+    sal = torch.zeros(10, 10)  # no saliency at all
+    att = torch.zeros(1, 10, 10)
+    att[0, 0, 0] = 1.0  # one confident pixel: attention > 0.8 makes it salient, bg score 1 wins
+    att[0, 0, 1] = 0.5
+    label = oaa_proxy_labels(sal, att, torch.tensor([2]))
+    # bg score 1.0 beats attention everywhere, but pixel (0, 0) is salient by attention -> ignored;
+    # no labelled foreground (< 1 %) -> the whole image is ignored
+    assert (label == 255).all()
+    label = oaa_proxy_labels(sal, att, torch.tensor([2]), min_foreground=0.0)
+    assert label[0, 0] == 255 and label[0, 1] == 0 and (label[1:] == 0).all()
+    # min-max normalisation: an attention offset by a constant gives the same labels
+    sal2 = torch.ones(4, 4) * 0.9
+    att2 = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0))
+    a = oaa_proxy_labels(sal2, att2, torch.tensor([0]))
+    b = oaa_proxy_labels(sal2, att2 * 3 + 7, torch.tensor([0]))
+    assert torch.equal(a, b) and a.dtype == torch.uint8
+    with pytest.raises(ValueError, match="expected saliency"):
+        oaa_proxy_labels(sal2, att2, torch.tensor([0, 1]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from wsss.functional.refine import confident_label, superpixel_refine
@@ -46,3 +47,28 @@ def test_confident_label() -> None:
     out = confident_label(probs, threshold=0.65)
     assert out.dtype == torch.int64
     assert out.tolist() == [[0, 255, 1]]
+
+
+def test_background_scale_matches_the_target_foreground_fraction() -> None:
+    from wsss.functional.refine import background_scale_for_fraction, foreground_log_ratio
+
+    # background-heavy predictions: 10 pixels, foreground probability 0.05, 0.10, ..., 0.50
+    fg = torch.arange(1, 11, dtype=torch.float32) * 0.05
+    probs = torch.stack([1 - fg, fg]).reshape(2, 2, 5)
+    ratios = [foreground_log_ratio(probs)]
+    assert int((ratios[0] > 0).sum()) == 0  # argmax: all background
+    for target in (0.0, 0.3, 0.5, 1.0):
+        s = background_scale_for_fraction(ratios, target)
+        scaled = probs.clone()
+        scaled[0] *= s
+        assert (scaled.argmax(0) > 0).float().mean().item() == pytest.approx(target), target
+    # the 30 % most foreground-like pixels win: fg probabilities 0.40, 0.45, 0.50
+    s = background_scale_for_fraction(ratios, 0.3)
+    assert sorted(fg[(fg / ((1 - fg) * s)) > 1].tolist()) == pytest.approx([0.40, 0.45, 0.50])
+    # an image without foreground classes stays background whatever the target
+    only_bg = torch.ones(1, 2, 2)
+    assert torch.isneginf(foreground_log_ratio(only_bg)).all()
+    s = background_scale_for_fraction([foreground_log_ratio(only_bg), *ratios], 0.5)
+    assert 0 < s < float("inf")
+    with pytest.raises(ValueError, match="target"):
+        background_scale_for_fraction(ratios, 1.5)

@@ -49,6 +49,10 @@ def test_iterative_rounds_write_labels_models_and_per_round_metrics(tiny_cfg, tm
         assert len(labels) == results["make_pseudo_labels"]["num_images"]
         assert set(np.unique(load_label_png(labels[0])).tolist()) <= set(range(21)) | {255}
         assert 0.0 <= st["round_metrics"][k]["ignored_fraction"] <= 1.0
+        # match_foreground: predictions rescaled to the foreground fraction of this round's labels
+        rm = st["round_metrics"][k]
+        assert rm["target_fg_fraction"] == pytest.approx(rm["collapse_label_fg_fraction"])
+        assert rm["background_scale"] > 0 and rm["collapse_collapsed"] in (True, False)
     # Round 0 trains on make_pseudo_labels' output, round 1 on round 0's refined predictions.
     assert st["pseudo_miou_round_0"] == pytest.approx(results["make_pseudo_labels"]["miou_crf"], abs=1e-6)
     assert st["pseudo_miou_round_1"] == pytest.approx(st["refined_miou_round_0"], abs=1e-6)

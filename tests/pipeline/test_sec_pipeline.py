@@ -57,6 +57,7 @@ def test_sec_chain_writes_cues_model_and_metrics(tiny_cfg, tmp_path) -> None:
     assert sec["steps"] >= 1 and sec["grid_size"] == 6
     for key in ("train_loss", "train_seed", "train_expand", "train_constrain"):
         assert math.isfinite(sec[key]) and sec[key] >= 0, key
+    assert _in_unit(sec["collapse_label_fg_fraction"]) and _in_unit(sec["collapse_pred_fg_fraction"])
 
     seg = results["eval_seg"]
     for key in ("miou", "miou_crf", "miou_full_split"):

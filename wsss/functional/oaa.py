@@ -26,6 +26,7 @@ __all__ = [
     "attention_drop",
     "normalize_attention",
     "oaa_iam_loss",
+    "oaa_proxy_labels",
     "oaa_topk_filter",
 ]
 
@@ -237,3 +238,56 @@ class AttentionAccumulator:
             save_npz(path, keys=keys, maps=maps)
             paths.append(path)
         return paths
+
+
+def oaa_proxy_labels(saliency: Tensor, attention: Tensor, keys: Tensor, *, fg_threshold: float = 0.3,
+                     conflict: float = 0.9, attention_threshold: float = 0.8,
+                     salient_background: float = 32 / 255, min_foreground: float = 0.01,
+                     ignore_index: int = 255) -> Tensor:  # fmt: skip
+    """OAA's ``gen_gt``: fuse class attention with saliency into a proxy label map.
+
+    Scores: background = ``1 - saliency``, class ``keys[k]`` = its attention min-max normalised
+    to [0, 1]. Then, as ``OAA:gen_gt.py`` (docs/methods.md, OAA):
+
+    1. every score below ``fg_threshold`` becomes 0 (the background channel too);
+    2. pixels where more than one score exceeds ``conflict`` are ignored;
+    3. label = argmax (ties: background, then the smaller class index);
+    4. background pixels that are salient, ``max(saliency, [any attention > attention_threshold])
+       >= salient_background``, are ignored;
+    5. if the labelled foreground covers less than ``min_foreground`` of the image, the whole
+       image is ignored.
+
+    Args:
+        saliency: Saliency in [0, 1] (OAA's 8-bit map / 255).
+        attention: The attention (accumulated / IAM maps) of the image's classes, any range.
+        keys: 0-based class index of each attention map.
+
+    Shape:
+        - saliency: ``(H, W)``
+        - attention: ``(K, H, W)``; ``K = 0`` gives background / ignored only
+        - keys: ``(K,)`` int
+        - output: ``(H, W)`` uint8: 0 background, ``c + 1`` class ``c``, ``ignore_index``
+    """
+    if attention.ndim != 3 or attention.shape[-2:] != saliency.shape or len(keys) != len(attention):
+        raise ValueError(f"expected saliency (H, W), attention (K, H, W), keys (K,); got "
+                         f"{tuple(saliency.shape)}, {tuple(attention.shape)}, {tuple(keys.shape)}")
+    order = torch.argsort(keys.long())  # argmax ties go to the smaller class index, as OAA's 21 channels
+    keys, att = keys.long()[order], attention.float()[order]
+    lo, hi = att.amin(dim=(-2, -1), keepdim=True), att.amax(dim=(-2, -1), keepdim=True)
+    att = (att - lo) / (hi - lo + 1e-8)
+    sal = saliency.float()
+    scores = torch.cat([(1 - sal)[None], att])
+    scores = torch.where(scores < fg_threshold, torch.zeros_like(scores), scores)
+    conflicted = (scores > conflict).sum(0) > 1
+    compact = scores.argmax(0)  # first maximum: background wins an all-zero pixel
+    lut = torch.cat([torch.zeros(1, dtype=torch.long), keys + 1])
+    label = lut[compact]
+    label[conflicted] = ignore_index
+    salient = sal
+    if len(att):
+        salient = torch.maximum(sal, (att > attention_threshold).any(0).float())
+    label[(label == 0) & (salient >= salient_background)] = ignore_index
+    foreground = ((label > 0) & (label != ignore_index)).sum()
+    if float(foreground) < min_foreground * label.numel():
+        label[:] = ignore_index
+    return label.to(torch.uint8)

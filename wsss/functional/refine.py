@@ -7,6 +7,8 @@ only confident pixels are kept as labels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from skimage.segmentation import slic
@@ -62,3 +64,44 @@ def confident_label(probs: Tensor, threshold: float, ignore_index: int = 255) ->
     """
     top, label = probs.max(dim=-3)
     return torch.where(top < threshold, torch.full_like(label, ignore_index), label)
+
+
+def foreground_log_ratio(probs: Tensor, eps: float = 1e-12) -> Tensor:
+    """Per pixel ``log(max_c>0 p_c / p_0)``: > 0 where the argmax is a foreground class.
+
+    Shape:
+        probs: (C+1, H, W) probabilities, background in channel 0 (C may be 0) -> (H, W).
+    """
+    if probs.shape[0] < 2:
+        return torch.full(probs.shape[1:], float("-inf"))
+    return probs[1:].max(dim=0).values.clamp(min=eps).log() - probs[0].clamp(min=eps).log()
+
+
+def background_scale_for_fraction(log_ratios: Sequence[Tensor], target: float) -> float:
+    """Scale ``s`` of the background probability so that argmax over ``(s p_0, p_1, ..)`` labels
+    a ``target`` fraction of all pixels as foreground (self-training keeps its labels'
+    foreground fraction instead of drifting towards background round after round).
+
+    A pixel is foreground iff its :func:`foreground_log_ratio` exceeds ``log s``, so ``log s`` is
+    the ``1 - target`` quantile of the pooled log-ratios (exact, no search).
+
+    Args:
+        log_ratios: :func:`foreground_log_ratio` maps of any shapes, pooled over all pixels.
+        target: wanted foreground fraction in [0, 1].
+
+    Returns ``s`` > 0 (1.0 when there are no pixels).
+    """
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target foreground fraction must be in [0, 1], got {target}")
+    pooled = torch.cat([r.reshape(-1).float() for r in log_ratios]) if log_ratios else torch.zeros(0)
+    pooled = pooled[torch.isfinite(pooled) | (pooled < 0)]  # -inf (no fg class) stays background
+    if pooled.numel() == 0:
+        return 1.0
+    k = int(round((1.0 - target) * pooled.numel()))
+    if k <= 0:
+        return float(torch.exp(pooled.min() - 1e-6).clamp(min=1e-30))
+    if k >= pooled.numel():
+        return float(torch.exp(pooled[torch.isfinite(pooled)].max() + 1e-6)) if torch.isfinite(pooled).any() else 1.0
+    threshold = torch.kthvalue(pooled, k).values  # k pixels at or below: background
+    # a hair above, so that the k-th pixel itself stays background despite rounding
+    return float(torch.exp(threshold + 1e-5).clamp(min=1e-30, max=1e30))

@@ -218,9 +218,9 @@ class IAMModule(OAAModule):
 
     def __init__(self, backbone: dict, num_classes: int, optimizer: Callable, new_lr_mult: float,
                  poly_power: float, extra_convs: int = 3, extra_channels: int = 512,
-                 positive_threshold: float = 0.001) -> None:  # fmt: skip
+                 positive_threshold: float = 0.001, init_std: float | None = 0.01) -> None:  # fmt: skip
         super().__init__(backbone, num_classes, optimizer, new_lr_mult, poly_power, extra_convs,
-                         extra_channels, accumulate=False)
+                         extra_channels, accumulate=False, init_std=init_std)
         self.positive_threshold = positive_threshold
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

@@ -242,6 +242,11 @@ def build_backbone(
             1, and after conv5 a 3x3 stride-1 max pool and a 3x3 average pool), as SEC's
             network; no parameters change. Default False (torchvision's 2x2 pools).
     """
+    if name == "efficientnet_lite0":  # conf/backbone/efficientnet_lite0.yaml targets it directly
+        from wsss.models.efficientnet import build_efficientnet_lite0
+
+        return build_efficientnet_lite0(output_stride, weights, frozen_stages, mean, std, name, frozen_bn,
+                                        dilate, deeplab_pools)
     model = _build(name, output_stride, weights, frozen_stages, frozen_bn, dilate, deeplab_pools)
     model.mean, model.std = tuple(mean), tuple(std)
     return model

@@ -30,11 +30,17 @@ from torch.utils.data import DataLoader
 from wsss.data.datasets import collate_single
 from wsss.data.labels import IGNORE
 from wsss.functional.crf import dense_crf
-from wsss.functional.refine import confident_label, superpixel_refine
+from wsss.functional.refine import (
+    background_scale_for_fraction,
+    confident_label,
+    foreground_log_ratio,
+    superpixel_refine,
+)
 from wsss.functional.segmentation import multiscale_probs
 from wsss.io import load_label_png, read_json, save_label_png, write_json
 from wsss.metrics.segmentation import SegmentationMetric
 from wsss.pipeline.artifacts import label_dir
+from wsss.pipeline.collapse import collapse_guard, label_foreground_fraction
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
 from wsss.pipeline.image_sets import eval_ids, no_gt_note, source, stage_images, with_gt
 from wsss.pipeline.models import init_from
@@ -129,8 +135,14 @@ def val_miou(ctx: StageContext, model: torch.nn.Module, split: str) -> float | N
 
 
 @torch.no_grad()
-def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, evaluated: set[str]) -> dict:
-    """Predict the training split, refine, write ``out_dir/<id>.png``; mIoU of raw and refined."""
+def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, evaluated: set[str],
+                   target_fg: float | None = None) -> dict:
+    """Predict the training split, refine, write ``out_dir/<id>.png``; mIoU of raw and refined.
+
+    With ``target_fg`` (``match_foreground``), the background probability is scaled so that the
+    predictions label that foreground fraction of the split (the fraction of the labels this
+    round trained on), before refinement, so the labels cannot shrink round after round.
+    """
     p, device = ctx.params, ctx.device()
     crf = OmegaConf.to_container(p.crf_params, resolve=True) if p.crf else None
     sp = OmegaConf.to_container(p.superpixel_params, resolve=True) if p.superpixel else None
@@ -151,23 +163,32 @@ def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, eva
                 refined_t = torch.from_numpy(refined.astype(np.int64))
                 metrics["refined"].update(torch.where(refined_t == IGNORE, 0, refined_t), gt)
 
+    predicted = []
+    for batch in tqdm(_loader(ctx, p.split), desc="self_train[predict]", leave=False):
+        probs = multiscale_probs(model, batch["image"].to(device), p.scales, p.flip).cpu()
+        values = np.arange(n)
+        if p.restrict_to_labels:  # image labels are known on the training split
+            values = np.concatenate([[0], np.flatnonzero(batch["labels"][0].numpy() > 0.5) + 1])
+        sub = probs[torch.from_numpy(values)]
+        predicted.append((batch["name"][0], batch["raw"][0].numpy(), sub / sub.sum(0, keepdim=True).clamp(min=1e-8), values))
+    ratios = [foreground_log_ratio(sub) for _, _, sub, _ in predicted]
+    raw_fg = float(sum(int((r > 0).sum()) for r in ratios) / max(sum(r.numel() for r in ratios), 1))
+    scale = 1.0 if target_fg is None else background_scale_for_fraction(ratios, target_fg)
     try:
-        for batch in tqdm(_loader(ctx, p.split), desc="self_train[predict]", leave=False):
-            probs = multiscale_probs(model, batch["image"].to(device), p.scales, p.flip).cpu()
-            values = np.arange(n)
-            if p.restrict_to_labels:  # image labels are known on the training split
-                values = np.concatenate([[0], np.flatnonzero(batch["labels"][0].numpy() > 0.5) + 1])
-            sub = probs[torch.from_numpy(values)].numpy()
-            sub = sub / np.maximum(sub.sum(0, keepdims=True), 1e-8)
-            consume(refiner.submit(batch["name"][0], batch["raw"][0].numpy(), sub, values,
-                                   float(p.confidence), crf, sp))  # fmt: skip
+        for name, raw, sub, values in predicted:
+            if scale != 1.0:
+                sub = sub.clone()
+                sub[0] *= scale
+                sub = sub / sub.sum(0, keepdim=True).clamp(min=1e-8)
+            consume(refiner.submit(name, raw, sub.numpy(), values, float(p.confidence), crf, sp))
         consume(refiner.drain())
     finally:
         refiner.close()
     scored = bool(evaluated)  # ids with GT masks (None scores without)
     return {"pred_miou": float(metrics["pred"].compute()["miou"]) if scored else None,
             "refined_miou": float(metrics["refined"].compute()["miou"]) if scored else None,
-            "ignored_fraction": ignored[0] / max(ignored[1], 1)}
+            "ignored_fraction": ignored[0] / max(ignored[1], 1),
+            "pred_fg_fraction_train": raw_fg, "target_fg_fraction": target_fg, "background_scale": scale}
 
 
 def train_round(ctx: StageContext, labels: Path, model: torch.nn.Module, round_dir: Path) -> torch.nn.Module:
@@ -210,8 +231,10 @@ def run(ctx: StageContext) -> dict:
         save_model(model, round_dir / MODEL_FILE)
         model.eval().to(ctx.device())
         metrics["val_miou"] = val_miou(ctx, model, ctx.cfg.data.module.val_split)
+        metrics.update(collapse_guard(ctx, model, labels, split_ids, tag=f"round {k}"))
         if k + 1 < int(p.rounds) or p.predict_last:
-            metrics.update(predict_labels(ctx, model, round_dir / "labels", evaluated))
+            target = label_foreground_fraction(labels, split_ids) if p.get("match_foreground", False) else None
+            metrics.update(predict_labels(ctx, model, round_dir / "labels", evaluated, target))
             labels = round_dir / "labels"
         write_json(done, metrics)
         per_round.append(metrics)

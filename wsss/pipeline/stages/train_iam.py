@@ -68,11 +68,14 @@ def run(ctx: StageContext) -> dict:
     init = ctx.read_optional("init")  # start from a trained classifier of the same architecture
     if init is not None:
         load_model(model, init / MODEL_FILE).train()
+        # Every layer now holds trained weights: none is new, so none gets the new-layer lr
+        # multiplier (meant for randomly initialised convs; 10x would hit the trained extra convs).
+        model.new_lr_mult = 1.0
     trainer = ctx.fit(model, trainer_kwargs={"max_epochs": p.max_epochs, "limit_val_batches": 0},
                       train_dataloaders=loader)
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     loss = trainer.callback_metrics.get("train/loss")
     return {"epochs": p.max_epochs, "split": p.split, "num_images": len(dataset),
-            "init_from": ctx.reads.get("init"), "train_loss": float(loss) if loss is not None else float("nan")}
+            "init_from": ctx.reads.get("init"), "new_lr_mult": float(model.new_lr_mult), "train_loss": float(loss) if loss is not None else float("nan")}
 

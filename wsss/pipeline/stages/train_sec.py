@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from wsss.data.cues import CueDataset
 from wsss.pipeline.artifacts import cue_dir_of
+from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
 from wsss.pipeline.image_sets import source
 from wsss.pipeline.manifest import MODEL_KEYS
@@ -48,6 +49,8 @@ def run(ctx: StageContext) -> dict:
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:  # labels = the cue maps (foreground fraction of the cued pixels)
+        metrics.update(collapse_guard(ctx, model, cue_dir_of(cues_stage), source(ctx, p.split).ids))
     note = "train_* are last-step SEC losses; see eval_seg for reported numbers"
     if p.val_every_n_epochs and val is None:
         note += "; no GT masks on val: trained without the val_miou monitor"

@@ -5,8 +5,10 @@ from __future__ import annotations
 from hydra.utils import instantiate
 
 from wsss.pipeline.artifacts import label_dir
+from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
 from wsss.pipeline.manifest import MODEL_KEYS
+from wsss.pipeline.image_sets import source
 from wsss.pipeline.models import init_from
 
 # What outside stages.train_seg shapes its output (its manifest; not the evaluation protocol).
@@ -29,6 +31,8 @@ def run(ctx: StageContext) -> dict:
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:  # predicted vs label foreground fraction (wsss.pipeline.collapse)
+        metrics.update(collapse_guard(ctx, model, labels, source(ctx, p.split).ids))
     note = "val_miou here is a training-time monitor on full val; see eval_seg for reported numbers"
     if no_val:
         note = "no GT masks on val: trained without the val_miou monitor"
