@@ -34,7 +34,6 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 from skimage.segmentation import slic
-from tqdm import tqdm
 
 from wsss.data.labels import IGNORE
 from wsss.functional.mcof import (
@@ -45,14 +44,15 @@ from wsss.functional.mcof import (
     seed_region_labels,
 )
 from wsss.functional.segmentation import multiscale_probs
-from wsss.io import load_label_png, save_label_png, write_json
+from wsss.io import save_label_png, write_json
 from wsss.methods.mcof import RegionNet, fit_region_net, region_probs
 from wsss.metrics.segmentation import SegmentationMetric
-from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.artifacts import cam_dir_of
+from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
 from wsss.pipeline.image_sets import eval_ids, images_of, load_cams, source, with_gt
 from wsss.pipeline.models import init_from, load_stage_model
+from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _saliency_dir(root: Path, directory: str | None) -> Path | None:
     path = Path(directory).expanduser()
     path = path if path.is_absolute() else Path(root) / path
     if not path.is_dir():
-        raise FileNotFoundError(f"saliency directory not found: {path} (stages.mcof.saliency_dir; "
+        raise FileNotFoundError(f"saliency directory not found: {path} (data.module.saliency_dir, else stages.mcof.saliency_dir; "
                                 "null disables the saliency-guided refinement)")
     return path
 
@@ -152,7 +152,8 @@ def run(ctx: StageContext) -> dict:
     classifier = load_stage_model(ctx, "classifier", to_device=False)
     src = source(ctx, p.split)
     ids = list(src.ids)
-    sal_dir = _saliency_dir(src.root, p.saliency_dir)
+    # data.module.saliency_dir is the one key for saliency maps; the stage's own is its default
+    sal_dir = _saliency_dir(src.root, ctx.cfg.data.module.get("saliency_dir") or p.saliency_dir)
     regions = extract_regions(ctx, classifier.backbone, ids, cam_dir, sal_dir)
     del classifier
 
