@@ -52,20 +52,10 @@ from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
 from wsss.pipeline.image_sets import eval_ids, images_of, load_cams, source, with_gt
 from wsss.pipeline.models import init_from, load_stage_model
+from wsss.pipeline.saliency_maps import saliency_folder
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
-
-
-def _saliency_dir(root: Path, directory: str | None) -> Path | None:
-    if not directory:
-        return None
-    path = Path(directory).expanduser()
-    path = path if path.is_absolute() else Path(root) / path
-    if not path.is_dir():
-        raise FileNotFoundError(f"saliency directory not found: {path} (data.module.saliency_dir, else stages.mcof.saliency_dir; "
-                                "null disables the saliency-guided refinement)")
-    return path
 
 
 @torch.no_grad()
@@ -153,7 +143,9 @@ def run(ctx: StageContext) -> dict:
     src = source(ctx, p.split)
     ids = list(src.ids)
     # data.module.saliency_dir is the one key for saliency maps; the stage's own is its default
-    sal_dir = _saliency_dir(src.root, ctx.cfg.data.module.get("saliency_dir") or p.saliency_dir)
+    sal_dir = saliency_folder(src.root, ctx.cfg.data.module.get("saliency_dir") or p.saliency_dir,
+                              "data.module.saliency_dir, else stages.mcof.saliency_dir; null disables "
+                              "the saliency-guided refinement", required=False)
     regions = extract_regions(ctx, classifier.backbone, ids, cam_dir, sal_dir)
     del classifier
 

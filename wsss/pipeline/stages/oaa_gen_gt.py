@@ -24,22 +24,10 @@ from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, with_gt
+from wsss.pipeline.saliency_maps import saliency_folder
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 LABEL_DIR = "labels"
-
-
-def saliency_folder(root: Path, directory: str | None, key: str) -> Path:
-    """``directory`` as given, or by name under the dataset root; a clear error otherwise."""
-    if not directory:
-        raise ValueError(f"{key} is not set: OAA's labels need one saliency PNG per image "
-                         "(python -m wsss.data.saliency --root ROOT --out DIR makes some)")
-    path = Path(directory).expanduser()
-    path = path if path.is_absolute() else Path(root) / path
-    if not path.is_dir():
-        raise FileNotFoundError(f"saliency directory not found: {path} ({key}); expected <id>.png "
-                                "per image, 0-255 (python -m wsss.data.saliency makes some)")
-    return path
 
 
 def load_saliency(folder: Path, image_id: str, size: tuple[int, int]) -> torch.Tensor:
