@@ -62,7 +62,14 @@ def test_cam_chain_same_with_one_or_two_processes(tiny_cfg, synthetic_root: Path
     two DDP processes: identical CAMs (atol 1e-6), label PNGs and scores (abs 1e-9)."""
     chain = "pipeline.order=[train_cls,make_cam,eval_cam,make_pseudo_labels]"
     one = tmp_path / "one"
-    single = run_pipeline(tiny_cfg(chain), one)
+    # The DDP processes run with one intra-op thread each (OMP_NUM_THREADS=1 below); the
+    # single-process run must too, or conv reductions are summed in another order (~1e-6 apart).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run_pipeline(tiny_cfg(chain), one)
+    finally:
+        torch.set_num_threads(threads)
     two = tmp_path / "two"
     overrides = [*TINY, f"data.synthetic.root={synthetic_root}", f"paths.log_dir={tmp_path}/logs", chain,
                  f"pipeline.from_run={one}", "pipeline.only=[make_cam,eval_cam,make_pseudo_labels]",
