@@ -72,6 +72,10 @@ class WSSSModule(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group["lr_mult"]
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, poly_lambda(self.trainer.estimated_stepping_batches, self.poly_power)
+            optimizer, self.lr_lambda(self.trainer.estimated_stepping_batches)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def lr_lambda(self, total_steps: int):
+        """Step -> LR factor of the per-step schedule (poly); override for another (ToCo: warmup)."""
+        return poly_lambda(total_steps, self.poly_power)

@@ -240,16 +240,7 @@ class ToCoModule(WSSSModule):
         for module in (self.classifier, self.aux_classifier, self.proj_head, self.decoder):
             yield from module.parameters()
 
-    def configure_optimizers(self):
-        groups = []
-        for params, mult in self.param_groups():
-            params = [p for p in params if p.requires_grad]
-            if params:
-                groups.append({"params": params, "lr_mult": mult})
-        optimizer = self.optimizer_factory(params=groups)
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * group["lr_mult"]
-        total = self.trainer.estimated_stepping_batches
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_poly_lambda(
-            self.hparams.warmup_steps, total, self.hparams.warmup_ratio, self.poly_power))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def lr_lambda(self, total_steps: int):
+        """ToCo's linear warmup, then poly decay (the base module builds the optimizer groups)."""
+        return warmup_poly_lambda(self.hparams.warmup_steps, total_steps, self.hparams.warmup_ratio,
+                                  self.poly_power)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,4 +62,18 @@ def load_calibrated_irn(ctx: StageContext) -> torch.nn.Module:
     if "mean" not in shift or shift["mean"].shape != (2,):
         raise KeyError(f"{path} must hold 'mean' of shape (2,)")
     model.mean_shift.copy_(torch.from_numpy(shift["mean"].astype(np.float32)))
+    return model
+
+
+def fit_on_labels(ctx: StageContext, model: torch.nn.Module, labels: Path, checkpoint_dir: Path) -> torch.nn.Module:
+    """Fit ``model`` (a segmenter) on the label PNGs in ``labels`` with the stage's ``split``,
+    ``batch_size``, ``crop_size``, ``scale_range`` and ``max_epochs``, without validation; a fit
+    killed midway resumes from ``checkpoint_dir/last.ckpt`` (self_train rounds, MCOF iterations)."""
+    p = ctx.params
+    datamodule = ctx.datamodule(mode="segmentation", train_split=p.split, label_dir=str(labels),
+                                batch_size=p.batch_size, crop_size=p.crop_size,
+                                scale_range=list(p.scale_range))  # fmt: skip
+    ctx.fit(model, checkpoint_dir=checkpoint_dir,
+            trainer_kwargs={"max_epochs": int(p.max_epochs), "limit_val_batches": 0, "logger": False},
+            datamodule=datamodule)
     return model

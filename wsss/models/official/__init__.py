@@ -19,6 +19,7 @@ format      release file                     our module
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,63 +30,26 @@ from wsss.models.official.strict import CheckpointMismatchError, read_checkpoint
 __all__ = ["FORMATS", "CheckpointMismatchError", "load_official"]
 
 
-def _irn_cam(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
-    from wsss.models.official.irn import load_irn_cam
-
-    return load_irn_cam(module, state, source)
-
-
-def _irn(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
-    from wsss.models.official.irn import load_irn
-
-    return load_irn(module, state, source)
-
-
-def _psa(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
-    from wsss.models.official.psa import load_psa_cls
-
-    return load_psa_cls(module, state, source)
+# format -> "module:function" of its loader, imported on use (each loader pulls in its own code).
+_LOADERS = {
+    "irn_cam": "irn:load_irn_cam",
+    "irn": "irn:load_irn",
+    "psa": "psa:load_psa_cls",
+    "psa_aff": "psa:load_psa_aff",
+    "seam": "seam_eps:load_seam",
+    "eps": "seam_eps:load_eps",
+    "oaa": "vgg:load_oaa",
+    "sec": "vgg:load_sec",
+}
 
 
-def _psa_aff(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
-    from wsss.models.official.psa import load_psa_aff
-
-    return load_psa_aff(module, state, source)
-
-
-def _seam(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
-    from wsss.models.official.seam_eps import load_seam
-
-    return load_seam(module, state, source)
-
-
-def _eps(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
-    from wsss.models.official.seam_eps import load_eps
-
-    return load_eps(module, state, source)
-
-
-def _oaa(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
-    from wsss.models.official.vgg import load_oaa
-
-    return load_oaa(module, state, source)
-
-
-def _sec(module: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:
-    from wsss.models.official.vgg import load_sec
-
-    return load_sec(module, state, source)
+def _loader(fmt: str) -> Callable[[nn.Module, dict[str, Tensor], str], nn.Module]:
+    module, name = _LOADERS[fmt].split(":")
+    return getattr(importlib.import_module(f"wsss.models.official.{module}"), name)
 
 
 FORMATS: dict[str, Callable[[nn.Module, dict[str, Tensor], str], nn.Module]] = {
-    "irn_cam": _irn_cam,
-    "irn": _irn,
-    "psa": _psa,
-    "psa_aff": _psa_aff,
-    "seam": _seam,
-    "eps": _eps,
-    "oaa": _oaa,
-    "sec": _sec,
+    fmt: (lambda module, state, source, fmt=fmt: _loader(fmt)(module, state, source)) for fmt in _LOADERS
 }
 
 

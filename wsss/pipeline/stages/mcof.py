@@ -51,7 +51,7 @@ from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
 from wsss.pipeline.image_sets import eval_ids, images_of, load_cams, source, with_gt
-from wsss.pipeline.models import init_from, load_stage_model
+from wsss.pipeline.models import fit_on_labels, init_from, load_stage_model
 from wsss.pipeline.saliency_maps import saliency_folder
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
@@ -122,14 +122,7 @@ def _train_pixelnet(ctx: StageContext, labels: Path, it_dir: Path) -> torch.nn.M
     p = ctx.params
     model = instantiate(p.module)
     init_from(ctx, model)  # optional role `init`: a classifier's backbone (as train_seg)
-    datamodule = ctx.datamodule(mode="segmentation", train_split=p.split, label_dir=str(labels),
-                                batch_size=p.batch_size, crop_size=p.crop_size,
-                                scale_range=list(p.scale_range))  # fmt: skip
-    # An iteration killed mid-fit resumes from iter_<t>/checkpoints/last.ckpt.
-    ctx.fit(model, checkpoint_dir=it_dir / "checkpoints",
-            trainer_kwargs={"max_epochs": int(p.max_epochs), "limit_val_batches": 0, "logger": False},
-            datamodule=datamodule)
-    return model
+    return fit_on_labels(ctx, model, labels, it_dir / "checkpoints")  # resumes mid-fit
 
 
 def run(ctx: StageContext) -> dict:

@@ -43,7 +43,7 @@ from wsss.pipeline.artifacts import label_dir
 from wsss.pipeline.collapse import collapse_guard, label_foreground_fraction
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
 from wsss.pipeline.image_sets import eval_ids, no_gt_note, source, stage_images, with_gt
-from wsss.pipeline.models import init_from
+from wsss.pipeline.models import fit_on_labels, init_from
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
@@ -192,15 +192,7 @@ def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, eva
 
 
 def train_round(ctx: StageContext, labels: Path, model: torch.nn.Module, round_dir: Path) -> torch.nn.Module:
-    p = ctx.params
-    datamodule = ctx.datamodule(mode="segmentation", train_split=p.split, label_dir=str(labels),
-                                batch_size=p.batch_size, crop_size=p.crop_size,
-                                scale_range=list(p.scale_range))  # fmt: skip
-    # A round killed mid-fit resumes from round_<k>/checkpoints/last.ckpt.
-    ctx.fit(model, checkpoint_dir=round_dir / "checkpoints",
-            trainer_kwargs={"max_epochs": int(p.max_epochs), "limit_val_batches": 0, "logger": False},
-            datamodule=datamodule)
-    return model
+    return fit_on_labels(ctx, model, labels, round_dir / "checkpoints")  # resumes mid-fit
 
 
 def run(ctx: StageContext) -> dict:
