@@ -52,6 +52,19 @@ def test_classification_batches(voc: Path) -> None:
     val = next(iter(dm.val_dataloader()))
     assert val["image"].shape == (4, 3, 48, 48) and val["labels"].shape == (4, 20)
     assert "mask" not in val
+    assert "saliency" not in val  # a training-only input: maps need not cover the val split
+
+
+def test_classification_val_needs_no_saliency_maps(voc: Path, tmp_path: Path) -> None:
+    """Saliency maps of the training split only (make_cam_saliency's output) are enough."""
+    maps = tmp_path / "train_only"
+    for name in VOCSource(voc, "train_aug").ids:
+        (maps / f"{name}.png").parent.mkdir(exist_ok=True)
+        (maps / f"{name}.png").write_bytes((voc / "SALImages" / f"{name}.png").read_bytes())
+    dm = make_dm(voc, "classification", saliency_dir=maps)
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["saliency"].shape == (4, 1, 48, 48)
+    assert len(list(dm.val_dataloader())) == 1  # the 4 val images have no map and none is read
 
 
 def test_segmentation_batches_and_full_size_val(voc: Path) -> None:

@@ -62,6 +62,10 @@ def test_missing_saliency_folders_are_named(tmp_path: Path) -> None:
     assert "python -m wsss.data.saliency" in eps[0]
     sec = _problems("pipeline=sec", f"data.root={tmp_path}")  # the small recipe reads saliency PNGs
     assert len(sec) == 1 and sec[0].startswith("data.module.saliency_dir=SALImages")
+    # EPS on the maps of a saliency stage of the pipeline needs no folder
+    assert _problems("pipeline=eps_cam_saliency", f"data.root={tmp_path}") == []
+    assert _problems("pipeline=sec", "+stages.make_cues.reads.saliency=make_cam_saliency",
+                     f"data.root={tmp_path}") == []  # SEC cues from that stage's maps
     (tmp_path / "SALImages").mkdir()
     (tmp_path / "SALImages" / "a.png").write_bytes(b"")
     assert _problems("method=eps", f"data.root={tmp_path}") == []

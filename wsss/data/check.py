@@ -131,17 +131,23 @@ def saliency_requirement(cfg: DictConfig) -> tuple[str, str] | None:
     configured = cfg.data.module.get("saliency_dir")
     if configured:
         return str(configured), "data.module.saliency_dir"
+    stages, order = cfg.get("stages") or {}, (cfg.get("pipeline") or {}).get("order") or []
+
+    def from_stage(name: str) -> bool:  # reads its maps from a saliency stage of the pipeline
+        return bool(((stages.get(name) or {}).get("reads") or {}).get("saliency"))
+
     method = cfg.get("method") or {}
-    if "saliency_dir" in method:  # EPS: null = its release layout, SALImages under the root
+    if "saliency_dir" in method and not from_stage("train_cls"):
+        # EPS: null = its release layout, SALImages under the root
         from wsss.data.saliency import DEFAULT_SALIENCY_DIR
 
         return DEFAULT_SALIENCY_DIR, "data.module.saliency_dir"
-    stages, order = cfg.get("stages") or {}, (cfg.get("pipeline") or {}).get("order") or []
     for name in order:
         node = stages.get(name) or {}
         if (
             str(node.get("_target_", "")).endswith("make_cues.run")
             and node.get("saliency") == "png"
+            and not from_stage(name)
         ):
             return str(node.get("saliency_dir") or "SALImages"), "data.module.saliency_dir"
     return None

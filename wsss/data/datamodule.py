@@ -30,7 +30,7 @@ class WSSSDataModule(L.LightningDataModule):
     """Train / val / full-image inference loaders over a dataset source (``data.source``).
 
     ``mode="classification"``: train batches dict(image (B,3,crop,crop), labels (B,20), name, index
-    [, saliency]); val is the same over ``val_split`` with images resized (long side = crop) and
+    [, saliency]); val is the same (without saliency) over ``val_split`` with images resized (long side = crop) and
     padded to the crop so they batch. ``mode="segmentation"``: train batches add mask (B,crop,crop)
     int64 from GT (or ``label_dir`` pseudo labels); val is full-size batch-1 :class:`InferenceDataset`
     samples with GT masks (see :func:`collate_single`) over the val images that have one
@@ -108,8 +108,10 @@ class WSSSDataModule(L.LightningDataModule):
                 )
                 tf = build_eval_transform(mean=self.mean, std=self.std, resize_long_side=int(side),
                                           pad_to=self.crop_size)  # fmt: skip
+                # No saliency: validation scores classification only (EPS's saliency loss is a
+                # training loss), so saliency maps need to cover only the training split.
                 self._datasets["val"] = ClassificationDataset(
-                    self.source(self.val_split, self.val_mask_dir), tf, self.saliency_dir
+                    self.source(self.val_split, self.val_mask_dir), tf
                 )
             else:  # mIoU needs GT: only the val images with a mask (none: no val batches)
                 val = self.inference_dataset(self.val_split, with_mask=True)

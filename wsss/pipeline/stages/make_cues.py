@@ -6,7 +6,8 @@ For every image of ``split`` the max-normalised CAMs of ``make_cam`` are brought
 ``fg_fraction`` x its max (null: the threshold ``eval_cam`` chose), the ``bg_fraction`` least salient pixels are background, and a pixel
 claimed by background and foreground gets no cue. Saliency is either the gradient saliency of
 the ``train_cls`` classifier on the warped image (SEC's background network) or a saliency PNG
-per image (``<root>/<saliency_dir>/<id>.png``; the synthetic generator writes ``SALImages``).
+per image (``<root>/<saliency_dir>/<id>.png``; the synthetic generator writes ``SALImages``), or
+the maps of a saliency stage read as ``saliency`` (``make_cam_saliency``: no saliency model).
 
 Writes ``cues/<id>.png`` (grid-sized label map, 0 background, c + 1 class c, 255 no cue) and
 reports cue coverage and precision against GT (on the grid, nearest-resized) for the images of
@@ -34,6 +35,7 @@ from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import cam_file, eval_ids, no_gt_note, source
 from wsss.pipeline.models import load_stage_model
+from wsss.pipeline.saliency_maps import read_saliency
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 SALIENCY_MODES = ("gradient", "png")
@@ -78,16 +80,6 @@ class _CueInputs(Dataset):
         return out
 
 
-def _saliency_dir(root: Path, directory: str) -> Path:
-    path = Path(directory)
-    path = path if path.is_absolute() else root / path
-    if not path.is_dir():
-        raise FileNotFoundError(f"saliency directory not found: {path} (data.module.saliency_dir, "
-                                "else stages.make_cues.saliency_dir); "
-                                "use make_cues.saliency=gradient when the dataset has no saliency maps")
-    return path
-
-
 def _kind_stats(cues: torch.Tensor, gt: torch.Tensor, keep_bg: bool) -> dict:
     part = cues.clone()
     if keep_bg:
@@ -107,8 +99,11 @@ def run(ctx: StageContext) -> dict:
     fg_fraction = (float(p.fg_fraction) if p.fg_fraction is not None
                    else read_metrics(ctx.read("threshold"))["threshold"])
     src = source(ctx, p.split)
-    # data.module.saliency_dir is the one key for saliency maps; the stage's own is its default
-    sal_dir = (_saliency_dir(src.root, ctx.cfg.data.module.get("saliency_dir") or p.saliency_dir)
+    # reads.saliency (a saliency stage), else data.module.saliency_dir, else the stage's own default
+    sal_dir = (read_saliency(ctx, src.root, p.saliency_dir,
+                             key="data.module.saliency_dir, else stages.make_cues.saliency_dir, or "
+                                 "stages.make_cues.reads.saliency=make_cam_saliency; use "
+                                 "make_cues.saliency=gradient when the dataset has no saliency maps")
                if p.saliency == "png" else None)
     data = ctx.cfg.data.module
     job = _CueInputs(src.ids, src, cam_dir, int(p.grid_size), p.saliency, sal_dir, int(p.input_size),

@@ -52,7 +52,7 @@ from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
 from wsss.pipeline.image_sets import eval_ids, images_of, load_cams, source, with_gt
 from wsss.pipeline.models import fit_on_labels, init_from, load_stage_model
-from wsss.pipeline.saliency_maps import saliency_folder
+from wsss.pipeline.saliency_maps import read_saliency
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
@@ -135,10 +135,10 @@ def run(ctx: StageContext) -> dict:
     classifier = load_stage_model(ctx, "classifier", to_device=False)
     src = source(ctx, p.split)
     ids = list(src.ids)
-    # data.module.saliency_dir is the one key for saliency maps; the stage's own is its default
-    sal_dir = saliency_folder(src.root, ctx.cfg.data.module.get("saliency_dir") or p.saliency_dir,
-                              "data.module.saliency_dir, else stages.mcof.saliency_dir; null disables "
-                              "the saliency-guided refinement", required=False)
+    # reads.saliency (a saliency stage), else data.module.saliency_dir, else the stage's own default
+    sal_dir = read_saliency(ctx, src.root, p.saliency_dir, required=False,
+                            key="data.module.saliency_dir, else stages.mcof.saliency_dir; null disables "
+                                "the saliency-guided refinement")
     regions = extract_regions(ctx, classifier.backbone, ids, cam_dir, sal_dir)
     del classifier
 

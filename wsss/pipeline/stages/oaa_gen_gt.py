@@ -24,7 +24,7 @@ from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, with_gt
-from wsss.pipeline.saliency_maps import saliency_folder
+from wsss.pipeline.saliency_maps import read_saliency
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 LABEL_DIR = "labels"
@@ -47,9 +47,8 @@ def run(ctx: StageContext) -> dict:
     cams = ctx.read("cams")
     cam_dir = cam_dir_of(cams)
     src = source(ctx, p.split)
-    # data.module.saliency_dir is the one key for saliency maps; the stage's own is its default
-    sal_dir = saliency_folder(src.root, ctx.cfg.data.module.get("saliency_dir") or p.saliency_dir,
-                              f"data.module.saliency_dir (else stages.{ctx.name}.saliency_dir)")
+    # reads.saliency (a saliency stage), else data.module.saliency_dir, else the stage's own default
+    sal_dir = read_saliency(ctx, src.root, p.saliency_dir)
     thresholds = {k: float(p[k]) for k in ("fg_threshold", "conflict", "attention_threshold", "min_foreground")}
     thresholds["salient_background"] = float(p.salient_background) / 255.0
 
