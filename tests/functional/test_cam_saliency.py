@@ -50,10 +50,13 @@ def test_cam_saliency_averages_within_superpixels_that_follow_the_edge() -> None
     image, cams = _two_tone()
     plain = cam_saliency(image, cams, 0.5, n_segments=None, crf=None)
     np.testing.assert_allclose(plain, cam_foreground(cams, 0.5))  # no refinement: the CAM foreground
-    sal = cam_saliency(image, cams, 0.5, n_segments=2, compactness=0.1, crf=None)
-    # SLIC puts each colour half in one region: the outliers are averaged away
-    np.testing.assert_allclose(sal[:, :4], (31 * 0.1 + 0.9) / 32, atol=1e-6)
-    np.testing.assert_allclose(sal[:, 4:], (31 * 0.9 + 0.1) / 32, atol=1e-6)
+    sal = cam_saliency(image, cams, 0.5, n_segments=4, compactness=10.0, crf=None)
+    # SLIC's 4 regions split at the colour edge (columns 0-3 | 4-7) and between rows 4 and 5;
+    # each outlier is averaged with its region (20 and 12 pixels)
+    np.testing.assert_allclose(sal[:5, :4], (19 * 0.1 + 0.9) / 20, atol=1e-6)
+    np.testing.assert_allclose(sal[5:, :4], 0.1, atol=1e-6)
+    np.testing.assert_allclose(sal[:5, 4:], 0.9, atol=1e-6)
+    np.testing.assert_allclose(sal[5:, 4:], (11 * 0.9 + 0.1) / 12, atol=1e-6)
 
 
 def test_cam_saliency_crf_is_the_two_label_dense_crf_foreground() -> None:

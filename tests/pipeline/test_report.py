@@ -18,3 +18,11 @@ def test_table_reads_metrics_and_leaves_missing_stages_blank(tmp_path) -> None:
 def test_cli_rejects_a_directory_without_stages(tmp_path) -> None:
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
+
+
+def test_cam_columns_take_the_cams_the_labels_come_from(tmp_path) -> None:
+    """pipeline=eps_cam_saliency: eval_eps_cam (EPS's CAMs) wins over the baseline's eval_cam."""
+    run = tmp_path / "run"
+    write_json(run / "stages/eval_cam/metrics.json", {"miou": 0.3, "threshold": 0.6})
+    write_json(run / "stages/eval_eps_cam/metrics.json", {"miou": 0.4, "threshold": 0.5})
+    assert table([run], ["eps"]).splitlines()[2].startswith("| eps | 0.400 | 0.500 |")

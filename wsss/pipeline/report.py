@@ -12,10 +12,11 @@ from pathlib import Path
 from wsss.io import read_json
 from wsss.pipeline.context import METRICS_FILE
 
-# (column title, stage, metric key); the first stage present in a run wins for "labels".
+# (column title, stage(s), metric key); of several stages the first present in a run wins
+# (pipeline=eps_cam_saliency: the CAMs its labels come from are eval_eps_cam's).
 COLUMNS = [
-    ("CAM mIoU (train)", "eval_cam", "miou"),
-    ("bg threshold", "eval_cam", "threshold"),
+    ("CAM mIoU (train)", ("eval_eps_cam", "eval_cam"), "miou"),
+    ("bg threshold", ("eval_eps_cam", "eval_cam"), "threshold"),
     ("CAM labels", "make_pseudo_labels", "miou"),
     ("CAM labels +CRF", "make_pseudo_labels", "miou_crf"),
     ("refined labels", ("random_walk", "make_sem_seg_labels"), "miou"),
