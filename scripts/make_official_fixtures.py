@@ -243,6 +243,7 @@ def make_psa_vgg(code: Path) -> None:
         logits = cls_net(image)
         cam = cls_net.forward_cam(image)
     save("psa_vgg_cls", image=image.numpy(), logits=logits.numpy(), cam=cam.numpy(), **keys)
+    _psa_infer_cls(cls_net)
 
     aff_net = vgg16_aff.Net()
     keys = fill_model(aff_net)
@@ -260,6 +261,49 @@ def make_psa_vgg(code: Path) -> None:
         walk = torch.matmul(seeds.view(3, -1), trans_mat).view(3, 9, 12)
     save("psa_vgg_aff", image=image.numpy(), aff=aff.numpy(), seeds=seeds.numpy(),
          walk=walk.numpy(), beta=np.int64(beta), logt=np.int64(logt), **keys)
+
+
+def _psa_infer_cls(model: torch.nn.Module) -> None:
+    """``infer_cls.py``'s CAMs of one 45 x 61 uint8 image with PSA's ``VOC12ClsDatasetMSF`` (PIL
+    bicubic per scale, ``model.normalize``, flips) and its per-pass loop (upsample to the image
+    size, mask by the label, flip back, sum, divide by max + 1e-5); weights: ``psa_vgg_cls``."""
+    import PIL.Image
+    import torch.nn.functional as F
+    import torchvision
+    import voc12.data
+    from tool import imutils
+
+    image = uint8_image(13, 45, 61)
+    label = np.zeros(20, np.float32)
+    label[[4, 14]] = 1
+    scales = (1, 0.5, 1.5, 2.0)
+    dataset = voc12.data.VOC12ClsDatasetMSF.__new__(voc12.data.VOC12ClsDatasetMSF)
+    dataset.img_name_list, dataset.label_list = ["2007_000032"], np.stack([label])
+    dataset.voc12_root, dataset.transform, dataset.scales, dataset.unit = "", None, scales, 1
+    dataset.inter_transform = torchvision.transforms.Compose(
+        [np.asarray, model.normalize, imutils.HWC_to_CHW])
+    if not hasattr(PIL.Image, "CUBIC"):  # the alias PSA uses, dropped by Pillow 10 (same filter)
+        PIL.Image.CUBIC = PIL.Image.Resampling.BICUBIC
+    opened = PIL.Image.open
+    PIL.Image.open = lambda path: PIL.Image.fromarray(image)
+    try:
+        _, img_list, label_t = dataset[0]
+    finally:
+        PIL.Image.open = opened
+    cam_list = []
+    with torch.no_grad():
+        for i, img in enumerate(img_list):
+            cam = model.forward_cam(torch.from_numpy(img)[None])
+            cam = F.interpolate(cam, image.shape[:2], mode="bilinear", align_corners=False)[0]
+            cam = cam.numpy() * label_t.clone().view(20, 1, 1).numpy()
+            if i % 2 == 1:
+                cam = np.flip(cam, axis=-1)
+            cam_list.append(cam)
+    sum_cam = np.sum(cam_list, axis=0)
+    norm_cam = sum_cam / (np.max(sum_cam, (1, 2), keepdims=True) + 1e-5)
+    keys = np.nonzero(label > 1e-5)[0]
+    save("psa_vgg_make_cam", image=image, label=label, scales=np.array(scales, dtype=np.float64),
+         cam_keys=keys, cams=norm_cam[keys].astype(np.float32))
 
 
 def make_seam(code: Path) -> None:

@@ -1,9 +1,12 @@
-"""make_cam's ``resize=pil_bicubic`` + ``upsample=irn`` reproduce IRN's ``step/make_cam.py``.
+"""make_cam's ``resize=pil_bicubic`` (+ ``upsample=irn``) reproduce PSA's ``infer_cls.py`` and
+IRN's ``step/make_cam.py``.
 
-Fixture: ``scripts/make_official_fixtures.py irn_make_cam <checkout of jiwoon-ahn/irn>`` runs
+Fixtures: ``scripts/make_official_fixtures.py irn_make_cam <checkout of jiwoon-ahn/irn>`` runs
 IRN's own ``_work`` loop (their dataset class: PIL-bicubic scales, their normalisation and
 flips; their CAM network filled from its tensor names) on a 45 x 61 uint8 image and stores the
-strided (stride 4) and high-res CAMs. Tolerance 1e-4 (abs and rel, float32).
+strided (stride 4) and high-res CAMs; ``... psa_vgg <checkout of jiwoon-ahn/psa>`` runs PSA's
+``VOC12ClsDatasetMSF`` and ``infer_cls.py``'s per-pass loop with its VGG-16 classifier.
+Tolerance 1e-4 (abs and rel, float32).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from wsss.io import load_npz
 from wsss.methods.cam import CAMModule
 from wsss.models.official import FORMATS
 from wsss.models.official.fill import official_state_from_fixture
+from wsss.models.official.psa import PSA_VGG_MEAN, PSA_VGG_STD
 from wsss.pipeline.cam_inference import CAMInference, CAMWriter
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official"
@@ -62,6 +66,31 @@ def test_pil_bicubic_irn_sizes_match_irn_make_cam(irn, tmp_path) -> None:
     with torch.no_grad():
         (psa,) = CAMInference(model, scales, True, resize="pil_bicubic", mean=MEAN, std=STD).predict_step(batch, 0)
     assert "strided" not in psa and psa["cams"].shape == (2, 45, 61)
+
+
+def fixture(name: str) -> dict:
+    with np.load(FIXTURES / f"{name}.npz", allow_pickle=False) as data:
+        return dict(data)
+
+
+def test_pil_bicubic_matches_psa_infer_cls_with_the_vgg16_release() -> None:
+    fx, weights = fixture("psa_vgg_make_cam"), fixture("psa_vgg_cls")
+    backbone = {"name": "vgg16", "output_stride": 8, "deeplab_pools": True, "fc6_dilation": 1,
+                "mean": PSA_VGG_MEAN, "std": PSA_VGG_STD}  # fmt: skip
+    model = CAMModule(backbone, 20, functools.partial(torch.optim.SGD, lr=0.1), 10, 0.9, sqrt_cam=True)
+    FORMATS["psa_vgg"](model, official_state_from_fixture(weights), "vgg16_cls.pth").eval()
+    raw = torch.from_numpy(fx["image"])
+    mean, std = torch.tensor(PSA_VGG_MEAN).view(3, 1, 1), torch.tensor(PSA_VGG_STD).view(3, 1, 1)
+    batch = {"name": ["a"], "image": ((raw.permute(2, 0, 1).float() / 255 - mean) / std)[None],
+             "raw": raw[None], "labels": torch.from_numpy(fx["label"])[None]}  # fmt: skip
+    scales = [float(s) for s in fx["scales"]]
+    inference = CAMInference(model, scales, True, resize="pil_bicubic", mean=PSA_VGG_MEAN, std=PSA_VGG_STD)
+    with torch.no_grad():
+        (item,) = inference.predict_step(batch, 0)
+        (ours,) = CAMInference(model, scales, True).predict_step(batch, 0)
+    np.testing.assert_array_equal(item["keys"].numpy(), fx["cam_keys"])
+    torch.testing.assert_close(item["cams"], torch.from_numpy(fx["cams"]), **TOL)
+    assert (ours["cams"] - torch.from_numpy(fx["cams"])).abs().max() > 1e-2  # the default differs
 
 
 def test_bad_resize_options_name_the_key(irn) -> None:
