@@ -146,9 +146,9 @@ def make_irn_make_cam(code: Path) -> None:
     cwd = os.getcwd()
     os.chdir(code)  # voc12/dataloader.py reads voc12/cls_labels.npy relative to the cwd
     try:
-        import voc12.dataloader as dataloader
         from net import resnet50, resnet50_cam
         from step import make_cam
+        from voc12 import dataloader
     finally:
         os.chdir(cwd)
     original = resnet50.resnet50

@@ -24,7 +24,15 @@ from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from
 from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
-from wsss.pipeline.image_sets import eval_ids, load_cams, load_strided_cams, no_gt_note, source, stage_images, with_gt
+from wsss.pipeline.image_sets import (
+    eval_ids,
+    load_cams,
+    load_strided_cams,
+    no_gt_note,
+    source,
+    stage_images,
+    with_gt,
+)
 from wsss.pipeline.irn_seeds import STRIDE, seed_floor, walk_seeds
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
 from wsss.pipeline.per_image import done_npz
