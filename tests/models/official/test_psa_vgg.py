@@ -19,7 +19,7 @@ from wsss.functional.affinity import pairwise_affinity
 from wsss.functional.random_walk import propagate, transition_matrix
 from wsss.methods.affinitynet import AffinityNetModule
 from wsss.methods.cam import CAMModule
-from wsss.models.official import CheckpointMismatchError, load_official
+from wsss.models.official import FORMATS, CheckpointMismatchError, load_official
 from wsss.models.official.fill import official_state_from_fixture
 from wsss.models.official.psa import PSA_VGG_MEAN, PSA_VGG_STD
 
@@ -33,45 +33,49 @@ def vgg16d(fc6_dilation: int, **extra) -> dict:
             "fc6_dilation": fc6_dilation, "mean": PSA_VGG_MEAN, "std": PSA_VGG_STD} | extra  # fmt: skip
 
 
-def release(tmp_path: Path, name: str) -> tuple[Path, dict]:
+def release(name: str) -> tuple[dict, dict]:
+    """(official state dict, fixture), in memory (reading files is tested on a small one below)."""
     with np.load(FIXTURES / f"{name}.npz", allow_pickle=False) as data:
         fx = dict(data)
-    path = tmp_path / f"{name}.pth"
-    torch.save(official_state_from_fixture(fx), path)
-    return path, fx
+    return official_state_from_fixture(fx), fx
 
 
-def test_psa_vgg_classifier_matches_official(tmp_path) -> None:
-    path, fx = release(tmp_path, "psa_vgg_cls")
+def test_psa_vgg_classifier_matches_official() -> None:
+    state, fx = release("psa_vgg_cls")
+    model = CAMModule(vgg16d(1), 20, SGD, 10, 0.9)
     with pytest.raises(CheckpointMismatchError, match=r"sqrt_cam=true"):
-        load_official(CAMModule(vgg16d(1), 20, SGD, 10, 0.9), path, "psa_vgg")
-    with pytest.raises(CheckpointMismatchError, match=r"fc6_dilation=1"):
-        load_official(CAMModule(vgg16d(4), 20, SGD, 10, 0.9, sqrt_cam=True), path, "psa_vgg")
+        FORMATS["psa_vgg"](model, state, "vgg16_cls.pth")
+    model.sqrt_cam = True
+    model.backbone.mean, model.backbone.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     with pytest.raises(CheckpointMismatchError, match=r"Caffe-mean.*backbone.mean"):
-        imagenet = vgg16d(1, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-        load_official(CAMModule(imagenet, 20, SGD, 10, 0.9, sqrt_cam=True), path, "psa_vgg")
-    model = CAMModule(vgg16d(1), 20, SGD, 10, 0.9, sqrt_cam=True)
-    load_official(model, path, "psa_vgg").eval()
+        FORMATS["psa_vgg"](model, state, "vgg16_cls.pth")
+    model.backbone.mean, model.backbone.std = PSA_VGG_MEAN, PSA_VGG_STD
+    FORMATS["psa_vgg"](model, state, "vgg16_cls.pth").eval()
     image = torch.from_numpy(fx["image"]).flip(1)  # BGR -> RGB
     with torch.no_grad():
         logits, cam = model(image), model.cam(image)
     torch.testing.assert_close(logits, torch.from_numpy(fx["logits"]), **TOL)
     torch.testing.assert_close(cam, torch.from_numpy(fx["cam"]), **TOL)
     assert cam.shape[-2:] == (8, 10) and cam.max() > 0.1  # stride 8, non-trivial maps
+    # The classifier's weights as an AffinityNet: refused by the architecture check.
+    with pytest.raises(CheckpointMismatchError, match=r"psa_aff_vgg.*needs PSA's vgg16d.*fc6_dilation=4"):
+        FORMATS["psa_aff_vgg"](model, state, "vgg16_cls.pth")
 
 
-def test_psa_vgg_affinitynet_and_walk_match_official(tmp_path) -> None:
-    path, fx = release(tmp_path, "psa_vgg_aff")
-    levels, channels = ["conv4", "conv5", "fc7"], [64, 128, 256]
+def test_psa_vgg_affinitynet_and_walk_match_official() -> None:
+    state, fx = release("psa_vgg_aff")
+    model = AffinityNetModule(vgg16d(4), ["conv4", "conv5", "fc7"], [64, 128, 256], SGD, 10, 0.9,
+                              branch_norm_groups=[8, 16, 32])  # fmt: skip
+    norms, model.branch_norms = model.branch_norms, None
     with pytest.raises(CheckpointMismatchError, match=r"branch_norm_groups=\[8, 16, 32\]"):
-        load_official(AffinityNetModule(vgg16d(4), levels, channels, SGD, 10, 0.9), path, "psa_aff_vgg")
-    # The classifier's file as an AffinityNet: every leftover is named.
-    cls_path, _ = release(tmp_path, "psa_vgg_cls")
-    model = AffinityNetModule(vgg16d(4), levels, channels, SGD, 10, 0.9, branch_norm_groups=[8, 16, 32])
-    with pytest.raises(CheckpointMismatchError, match=r"(?s)official tensors not used \(1\): fc8.weight"
-                       r".*module tensors not set \(\d+\): branches.0.weight"):  # fmt: skip
-        load_official(model, cls_path, "psa_aff_vgg")
-    load_official(model, path, "psa_aff_vgg").eval()
+        FORMATS["psa_aff_vgg"](model, state, "vgg16_aff.pth")
+    model.branch_norms = norms
+    # A file lacking the head: every leftover is named.
+    trunk = {k: v for k, v in state.items() if not k.startswith(("f8", "gn8", "f9"))}
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"(?s)vgg16_cls.pth .*not used \(1\): fc8.weight.*module tensors not set \(\d+\): branches.0.weight"):  # fmt: skip
+        FORMATS["psa_aff_vgg"](model, trunk | {"fc8.weight": torch.zeros(20, 1024, 1, 1)}, "vgg16_cls.pth")
+    FORMATS["psa_aff_vgg"](model, state, "vgg16_aff.pth").eval()
     with torch.no_grad():
         features = model(torch.from_numpy(fx["image"]).flip(1))
     radius, pad = 5, 4
@@ -86,11 +90,12 @@ def test_psa_vgg_affinitynet_and_walk_match_official(tmp_path) -> None:
 
 
 def test_truncated_psa_vgg_file_names_the_file(tmp_path) -> None:
-    path, _ = release(tmp_path, "psa_vgg_cls")
+    good = tmp_path / "good.pth"
+    torch.save({"fc8.weight": torch.zeros(20, 1024, 1, 1)}, good)
     truncated = tmp_path / "vgg16_cls.pth"
-    truncated.write_bytes(path.read_bytes()[:4096])
+    truncated.write_bytes(good.read_bytes()[:200])
     model = CAMModule(vgg16d(1), 20, SGD, 10, 0.9, sqrt_cam=True)
     with pytest.raises(CheckpointMismatchError, match=r"vgg16_cls.pth: not a readable PyTorch checkpoint"):
         load_official(model, truncated, "psa_vgg")
-    with pytest.raises(CheckpointMismatchError, match=r"psa_aff_vgg.*needs PSA's vgg16d"):
-        load_official(model, path, "psa_aff_vgg")
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)good.pth .*module tensors not set \(\d+\): backbone.conv3.0"):
+        load_official(model, good, "psa_vgg")
