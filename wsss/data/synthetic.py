@@ -6,6 +6,21 @@ CAMs fire on parts like real CAMs), and classes strongly co-occur with a backgro
 water, trains on rails, planes in the sky) so a classifier can cheat on context. Objects overlap
 (later ones on top) and may be truncated by the border; masks and boxes reflect visibility.
 
+Two knobs vary how strongly the data shows these phenomena: ``key_part_contrast`` (1 = neutral
+body + textured key part; lower = the body carries the class texture too, blended with weight
+``1 - key_part_contrast``, so the key part is less discriminative) and ``context_strength``
+(1 = the per-class background table below; 0 = background kinds drawn uniformly, whatever the
+class; in between a blend). At their defaults (1, 1) every file is exactly what earlier versions
+wrote; other values go to a different root (:func:`synthetic_root`) and are recorded in the marker.
+
+Beside the VOC layout, ``<root>/SyntheticMeta/`` holds what the phenomenon measures
+(:mod:`wsss.metrics.phenomena`) need: ``parts/<id>.png`` (part id of every visible object pixel:
+0 none, 1 body, 2 key part, 3 dark detail), ``background/<id>.png`` (background kind index of every
+pixel, :data:`BACKGROUNDS` order; the sky band above the horizon is sky) and ``meta.json`` (kind
+names, each class's typical background kind, each image's kind). A tree made before the sidecar
+existed gets it added by :func:`ensure_synthetic_meta` (replaying the seeded scenes), untouched
+otherwise.
+
 CLI: ``wsss-make-synthetic --root DIR --num-train N --num-val M`` (or ``python -m``).
 """
 
@@ -23,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from wsss.data.labels import VOC_CLASSES, multi_hot_from_mask
-from wsss.io import atomic_path, read_json, save_label_png, write_json
+from wsss.io import atomic_path, load_label_png, read_json, save_label_png, write_json
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
@@ -31,6 +46,12 @@ log = logging.getLogger(__name__)
 MARKER = "wsss_synthetic.json"
 PARTIAL_MARKER = ".wsss_synthetic.partial.json"  # present only while a generation is running
 FORMAT_VERSION = 2  # 2: SegmentationObject instance masks
+META_DIR = "SyntheticMeta"  # sidecar: part ids, background kinds (not part of the VOC layout)
+META_FILE = "meta.json"  # written last: its presence marks a complete sidecar
+META_FORMAT = 1
+PART_NAMES = {0: "none", 1: "body", 2: "key part", 3: "detail"}
+# Phenomenon knobs and their defaults (the tree every earlier version generated).
+KNOBS = {"key_part_contrast": 1.0, "context_strength": 1.0}
 DEFAULT_CLASSES: tuple[str, ...] = ("aeroplane", "boat", "car", "cat", "person", "train")
 BACKGROUNDS: tuple[str, ...] = ("sky", "grass", "water", "rails", "road", "indoor")
 RGB = tuple[int, int, int]
@@ -210,6 +231,27 @@ class _Scene:
     instances: np.ndarray  # (H, W) int32 visible instance ids, 0 = background
     classes: list[int]  # VOC class index of instance k + 1
     truncated: list[bool]
+    parts: np.ndarray  # (H, W) uint8 part id of the visible object pixel (0 none, 1 body, 2 key, 3 detail)
+    kinds: np.ndarray  # (H, W) uint8 background kind index (BACKGROUNDS) under every pixel
+    background: str  # the image's background kind
+
+
+def context_table(style: ClassStyle, strength: float) -> tuple[float, ...]:
+    """Background-kind probabilities of a class: ``strength`` * its table + the rest uniform.
+
+    ``strength`` 1 returns the table itself (unnormalised, as the generator always used it)."""
+    if strength == 1.0:
+        return style.context
+    table = np.asarray(style.context, np.float64) / sum(style.context)
+    return tuple(float(v) for v in strength * table + (1 - strength) / len(BACKGROUNDS))
+
+
+def typical_context(name: str) -> str | None:
+    """The background kind a class is drawn on most often (its own table's unique maximum), the
+    context a classifier can learn it from (boat: water); None for a flat table."""
+    table = np.asarray(class_style(name).context)
+    best = np.flatnonzero(table == table.max())
+    return BACKGROUNDS[int(best[0])] if len(best) == 1 else None
 
 
 def _place_object(rng: np.random.Generator, scene_inst: np.ndarray, counts: np.ndarray,
@@ -249,15 +291,20 @@ def _place_object(rng: np.random.Generator, scene_inst: np.ndarray, counts: np.n
     return ys, xs, local, (local > 0).sum() < (parts > 0).sum()
 
 
-def _render_scene(rng: np.random.Generator, w: int, h: int, class_ids: Sequence[int]) -> _Scene:
+def _render_scene(rng: np.random.Generator, w: int, h: int, class_ids: Sequence[int],
+                  key_part_contrast: float = 1.0, context_strength: float = 1.0) -> _Scene:  # fmt: skip
     styles = [class_style(VOC_CLASSES[c]) for c in class_ids]
+    contexts = [context_table(s, context_strength) for s in styles]
     first = int(rng.integers(len(class_ids)))
     kind_idx = rng.choice(
-        len(BACKGROUNDS), p=np.asarray(styles[first].context) / sum(styles[first].context)
+        len(BACKGROUNDS), p=np.asarray(contexts[first]) / sum(contexts[first])
     )
     kind = BACKGROUNDS[kind_idx]
     image, horizon = _background(kind, h, w, rng)
-    weights = np.array([s.context[kind_idx] + 0.03 for s in styles])
+    kinds = np.full((h, w), kind_idx, np.uint8)
+    kinds[:horizon] = BACKGROUNDS.index("sky")  # the sky band above a ground's horizon
+    parts = np.zeros((h, w), np.uint8)
+    weights = np.array([c[kind_idx] + 0.03 for c in contexts])
     picks = [first] + list(rng.choice(len(class_ids), size=rng.choice([0, 1, 2], p=[0.5, 0.35, 0.15]),
                                       p=weights / weights.sum()))  # fmt: skip
     inst = np.zeros((h, w), np.int32)
@@ -275,16 +322,20 @@ def _render_scene(rng: np.random.Generator, w: int, h: int, class_ids: Sequence[
         ys, xs, local, trunc = placed
         on = local > 0
         body = _jitter(rng, rng.uniform(70, 190, 3), 0) + rng.normal(0, 6, (*local.shape, 1))
-        colour = np.where((local == 2)[..., None], _texture(styles[pick], *local.shape, rng), body)
+        texture = _texture(styles[pick], *local.shape, rng)
+        if key_part_contrast != 1.0:  # the body carries the class texture too
+            body = key_part_contrast * body + (1 - key_part_contrast) * texture
+        colour = np.where((local == 2)[..., None], texture, body)
         colour = np.where((local == 3)[..., None], _jitter(rng, (35, 35, 40), 10), colour)
         region = image[ys, xs]
         region[on] = colour[on]
         inst[ys, xs][on] = k
+        parts[ys, xs][on] = local[on]
         counts[: k + 1] = np.bincount(inst.ravel(), minlength=k + 1)
         classes.append(class_ids[pick])
         truncated.append(bool(trunc))
     image = image * rng.uniform(0.85, 1.15) + rng.normal(0, 3, image.shape)
-    return _Scene(np.clip(image, 0, 255).astype(np.uint8), inst, classes, truncated)
+    return _Scene(np.clip(image, 0, 255).astype(np.uint8), inst, classes, truncated, parts, kinds, kind)
 
 
 def void_band(instances: np.ndarray) -> np.ndarray:
@@ -360,8 +411,28 @@ def _annotation_xml(name: str, scene: _Scene) -> bytes:
 
 
 # --------------------------------------------------------------------------- tree
+def _knobs(key_part_contrast: float, context_strength: float) -> dict[str, float]:
+    knobs = {"key_part_contrast": float(key_part_contrast), "context_strength": float(context_strength)}
+    bad = {k: v for k, v in knobs.items() if not 0.0 <= v <= 1.0}
+    if bad:
+        raise ValueError(f"data.synthetic knobs must lie in [0, 1], got {bad}")
+    return knobs
+
+
+def synthetic_root(root: str | Path, key_part_contrast: float = 1.0, context_strength: float = 1.0) -> Path:
+    """Where a tree with these knobs lives: ``root`` at the defaults, else a sibling of root's
+    parent named after the knobs (``.../synthetic_voc_kpc0.3_ctx1/VOC2012``), so trees never mix."""
+    root = Path(root)
+    knobs = _knobs(key_part_contrast, context_strength)
+    if knobs == KNOBS:
+        return root
+    tag = f"kpc{knobs['key_part_contrast']:g}_ctx{knobs['context_strength']:g}"
+    return root.parent.with_name(f"{root.parent.name}_{tag}") / root.name
+
+
 def _config(num_train: int, num_val: int, image_size: Sequence[int], seed: int,
-            classes: Sequence[str] | None, num_extra: int | None) -> dict:  # fmt: skip
+            classes: Sequence[str] | None, num_extra: int | None,
+            key_part_contrast: float = 1.0, context_strength: float = 1.0) -> dict:  # fmt: skip
     classes = tuple(DEFAULT_CLASSES if classes is None else classes)
     unknown = [c for c in classes if c not in VOC_CLASSES]
     if unknown or not classes:
@@ -373,7 +444,20 @@ def _config(num_train: int, num_val: int, image_size: Sequence[int], seed: int,
     extra = num_train // 3 if num_extra is None else num_extra
     return {"format_version": FORMAT_VERSION, "seed": int(seed), "num_train": int(num_train),
             "num_val": int(num_val), "num_extra": int(extra),
-            "image_size": [int(image_size[0]), int(image_size[1])], "classes": list(classes)}  # fmt: skip
+            "image_size": [int(image_size[0]), int(image_size[1])], "classes": list(classes),
+            **_knobs(key_part_contrast, context_strength)}  # fmt: skip
+
+
+def _layout(config: dict) -> tuple[list[str], np.ndarray]:
+    """(image names, split of each: train | val | extra) of a tree with this config."""
+    n_train, n_val, n_extra = config["num_train"], config["num_val"], config["num_extra"]
+    total = n_train + n_val + n_extra
+    names = [f"{2007 + (6 * j) // total}_{j:06d}" for j in range(total)]  # sorted like VOC ids
+    order = np.random.default_rng([config["seed"], 0]).permutation(total)
+    split_of = np.empty(total, dtype=object)
+    split_of[order[:n_train]], split_of[order[n_train : n_train + n_val]] = "train", "val"
+    split_of[order[n_train + n_val :]] = "extra"
+    return names, split_of
 
 
 def _check_foreign(root: Path) -> None:
@@ -386,20 +470,40 @@ def _check_foreign(root: Path) -> None:
         )
 
 
-def _write_image(root: Path, name: str, rng: np.random.Generator, w: int, h: int,
-                 class_ids: Sequence[int], official: bool) -> None:  # fmt: skip
-    for _ in range(20):  # resample until every object is visible and survives the void band
-        scene = _render_scene(rng, w, h, class_ids)
+def _valid_scene(rng: np.random.Generator, name: str, w: int, h: int, class_ids: Sequence[int],
+                 knobs: dict[str, float]) -> tuple[_Scene, np.ndarray, np.ndarray]:  # fmt: skip
+    """(scene, SegmentationClassAug mask, void band): resampled until every object is visible
+    and survives the void band."""
+    for _ in range(20):
+        scene = _render_scene(rng, w, h, class_ids, **knobs)
         mask = np.zeros(len(scene.classes) + 1, np.uint8)
         mask[1:] = np.asarray(scene.classes, np.uint8) + 1
         aug = mask[scene.instances]
         band = void_band(scene.instances)
-        voc = np.where(band, np.uint8(255), aug)
         interior = np.bincount(scene.instances[~band].ravel(), minlength=len(mask))
         if scene.classes and interior[1:].min() > 0:
-            break
-    else:
-        raise RuntimeError(f"could not render a valid scene for {name} ({w}x{h})")
+            return scene, aug, band
+    raise RuntimeError(f"could not render a valid scene for {name} ({w}x{h})")
+
+
+def _write_meta_maps(root: Path, name: str, scene: _Scene) -> dict:
+    """``SyntheticMeta/{parts,background}/<name>.png``; returns the image's meta.json entry."""
+    save_label_png(root / META_DIR / "parts" / f"{name}.png", scene.parts, palette=False)
+    save_label_png(root / META_DIR / "background" / f"{name}.png", scene.kinds, palette=False)
+    return {"background": scene.background}
+
+
+def _write_image(root: Path, name: str, rng: np.random.Generator, w: int, h: int,
+                 class_ids: Sequence[int], official: bool, knobs: dict[str, float],
+                 meta_only: bool = False) -> dict:  # fmt: skip
+    """Render image ``name`` and write its VOC files and sidecar maps (only the sidecar with
+    ``meta_only``: the random stream is consumed identically up to the scene). Returns its
+    meta.json entry."""
+    scene, aug, band = _valid_scene(rng, name, w, h, class_ids, knobs)
+    entry = _write_meta_maps(root, name, scene)
+    if meta_only:
+        return entry
+    voc = np.where(band, np.uint8(255), aug)
     assert (multi_hot_from_mask(voc, 20) == multi_hot_from_mask(aug, 20)).all()
     with atomic_path(root / "JPEGImages" / f"{name}.jpg") as tmp:
         Image.fromarray(scene.image).save(tmp, format="JPEG", quality=90)
@@ -414,36 +518,53 @@ def _write_image(root: Path, name: str, rng: np.random.Generator, w: int, h: int
     save_label_png(
         root / "SALImages" / f"{name}.png", _saliency(rng, scene.instances), palette=False
     )
+    return entry
+
+
+def _render_all(root: Path, config: dict, meta_only: bool, progress: bool) -> None:
+    """Render every image of the tree (VOC files + sidecar, or the sidecar only), then meta.json."""
+    names, split_of = _layout(config)
+    class_ids = [VOC_CLASSES.index(c) for c in config["classes"]]
+    knobs = {k: config.get(k, v) for k, v in KNOBS.items()}
+    w0, h0 = config["image_size"]
+    images = {}
+    what = "synthetic VOC sidecar" if meta_only else "synthetic VOC"
+    for j in tqdm(range(len(names)), desc=f"{what} -> {root}", disable=not progress):
+        rng = np.random.default_rng([config["seed"], 1, j])  # per-image stream: independent of counts
+        w, h = (max(32, round(s * rng.uniform(0.75, 1.25))) for s in (w0, h0))
+        images[names[j]] = _write_image(root, names[j], rng, w, h, class_ids,
+                                        official=split_of[j] != "extra", knobs=knobs,
+                                        meta_only=meta_only)  # fmt: skip
+    typical = {c: typical_context(c) for c in config["classes"]}
+    write_json(root / META_DIR / META_FILE, {
+        "format": META_FORMAT, "backgrounds": list(BACKGROUNDS),
+        "parts": {str(k): v for k, v in PART_NAMES.items()},
+        "typical_context": {c: k for c, k in typical.items() if k is not None},
+        **knobs, "seed": config["seed"], "images": images,
+    })  # fmt: skip
 
 
 def generate_voc(root: Path, num_train: int, num_val: int,
                  image_size: tuple[int, int] = (160, 120), seed: int = 0,
                  classes: Sequence[str] | None = None, num_extra: int | None = None,
-                 progress: bool = True) -> Path:  # fmt: skip
+                 progress: bool = True, key_part_contrast: float = 1.0,
+                 context_strength: float = 1.0) -> Path:  # fmt: skip
     """Write a synthetic VOC 2012 tree into ``root`` (the ``VOCdevkit/VOC2012`` folder).
 
     ``image_size`` is (W, H), varied by ±25% per image. ``num_extra`` SBD-only images (default
-    ``num_train // 3``) join ``train_aug``. Deterministic given the arguments. Returns ``root``.
+    ``num_train // 3``) join ``train_aug``. ``key_part_contrast`` / ``context_strength``: the
+    phenomenon knobs (module docstring). Deterministic given the arguments. Returns ``root``.
     """
     root = Path(root)
-    config = _config(num_train, num_val, image_size, seed, classes, num_extra)
+    config = _config(num_train, num_val, image_size, seed, classes, num_extra,
+                     key_part_contrast, context_strength)  # fmt: skip
     _check_foreign(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / MARKER).unlink(missing_ok=True)
+    (root / META_DIR / META_FILE).unlink(missing_ok=True)
     write_json(root / PARTIAL_MARKER, config)
-    n_train, n_val, n_extra = config["num_train"], config["num_val"], config["num_extra"]
-    total = n_train + n_val + n_extra
-    names = [f"{2007 + (6 * j) // total}_{j:06d}" for j in range(total)]  # sorted like VOC ids
-    order = np.random.default_rng([seed, 0]).permutation(total)
-    split_of = np.empty(total, dtype=object)
-    split_of[order[:n_train]], split_of[order[n_train : n_train + n_val]] = "train", "val"
-    split_of[order[n_train + n_val :]] = "extra"
-    class_ids = [VOC_CLASSES.index(c) for c in config["classes"]]
-    w0, h0 = config["image_size"]
-    for j in tqdm(range(total), desc=f"synthetic VOC -> {root}", disable=not progress):
-        rng = np.random.default_rng([seed, 1, j])  # per-image stream: independent of counts
-        w, h = (max(32, round(s * rng.uniform(0.75, 1.25))) for s in (w0, h0))
-        _write_image(root, names[j], rng, w, h, class_ids, official=split_of[j] != "extra")
+    _render_all(root, config, meta_only=False, progress=progress)
+    names, split_of = _layout(config)
     splits = {s: [n for n, sp in zip(names, split_of) if sp in members]
               for s, members in (("train", {"train"}), ("val", {"val"}),
                                  ("trainval", {"train", "val"}), ("train_aug", {"train", "extra"}))}  # fmt: skip
@@ -453,36 +574,90 @@ def generate_voc(root: Path, num_train: int, num_val: int,
     config["counts"] = {split: len(ids) for split, ids in splits.items()}
     write_json(root / MARKER, config)  # last: a tree without it is incomplete
     (root / PARTIAL_MARKER).unlink(missing_ok=True)
-    log.info("wrote synthetic VOC (%d images, classes %s) to %s", total, config["classes"], root)
+    log.info("wrote synthetic VOC (%d images, classes %s) to %s", len(names), config["classes"], root)
     return root
+
+
+def ensure_synthetic_meta(root: Path, progress: bool = False) -> Path:
+    """Add ``SyntheticMeta/`` to a complete synthetic tree that lacks it (made before the sidecar
+    existed) by replaying its seeded scenes; no VOC file is touched. Returns the sidecar folder."""
+    root = Path(root)
+    if not (root / MARKER).is_file():
+        raise FileNotFoundError(f"{root} is not a complete synthetic VOC tree (no {MARKER})")
+    meta = root / META_DIR / META_FILE
+    if not meta.is_file() or read_json(meta).get("format") != META_FORMAT:
+        config = read_json(root / MARKER)
+        log.info("adding the %s sidecar to %s", META_DIR, root)
+        _render_all(root, config, meta_only=True, progress=progress)
+    return root / META_DIR
 
 
 def ensure_synthetic_voc(root: Path, num_train: int, num_val: int,
                          image_size: tuple[int, int] = (160, 120), seed: int = 0,
                          classes: Sequence[str] | None = None, num_extra: int | None = None,
-                         progress: bool = True) -> Path:  # fmt: skip
-    """Generate the tree unless a complete one with the same settings is already at ``root``.
+                         progress: bool = True, key_part_contrast: float = 1.0,
+                         context_strength: float = 1.0) -> Path:  # fmt: skip
+    """Generate the tree unless a complete one with the same settings is already at ``root``
+    (then only its ``SyntheticMeta`` sidecar is added if missing).
 
     Raises FileExistsError for a non-empty directory without our marker (never touches user data)
     and ValueError when the existing synthetic tree was made with different settings.
     """
     root = Path(root)
-    wanted = _config(num_train, num_val, image_size, seed, classes, num_extra)
+    args = (num_train, num_val, image_size, seed, classes, num_extra)
+    knobs = {"key_part_contrast": key_part_contrast, "context_strength": context_strength}
+    wanted = _config(*args, **knobs)
     if (root / MARKER).is_file():
         found = read_json(root / MARKER)
-        diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        # Markers written before the knobs existed hold the default tree.
+        diff = {k: (found.get(k, KNOBS.get(k)), v) for k, v in wanted.items()
+                if found.get(k, KNOBS.get(k)) != v}  # fmt: skip
         if set(diff) == {"format_version"}:  # our own tree from an older generator: same scenes
             log.warning("%s was made by an older generator (format %s); regenerating", root,
                         found.get("format_version"))
-            return generate_voc(root, num_train, num_val, image_size, seed, classes, num_extra,
-                                progress)  # fmt: skip
+            return generate_voc(root, *args, progress, **knobs)
         if diff:
             raise ValueError(f"synthetic VOC at {root} was made with other settings "
                              f"(found, wanted): {diff}; delete it or point root elsewhere")  # fmt: skip
+        ensure_synthetic_meta(root, progress)
         return root
     if (root / PARTIAL_MARKER).is_file():
         log.warning("%s holds an interrupted synthetic generation; regenerating", root)
-    return generate_voc(root, num_train, num_val, image_size, seed, classes, num_extra, progress)
+    return generate_voc(root, *args, progress, **knobs)
+
+
+@dataclass(frozen=True)
+class SyntheticMeta:
+    """Reader of a tree's ``SyntheticMeta/`` sidecar (see the module docstring)."""
+
+    root: Path
+    backgrounds: tuple[str, ...]
+    typical: dict[int, int]  # GT mask value (class index + 1) -> its typical background kind index
+    knobs: dict[str, float]
+
+    def parts(self, image_id: str) -> np.ndarray:
+        """(H, W) uint8 part ids (0 none, 1 body, 2 key part, 3 detail) of visible object pixels."""
+        return load_label_png(self.root / META_DIR / "parts" / f"{image_id}.png")
+
+    def kinds(self, image_id: str) -> np.ndarray:
+        """(H, W) uint8 background kind index (``backgrounds`` order) under every pixel."""
+        return load_label_png(self.root / META_DIR / "background" / f"{image_id}.png")
+
+    def has(self, image_id: str) -> bool:
+        return (self.root / META_DIR / "parts" / f"{image_id}.png").is_file()
+
+
+def load_synthetic_meta(root: str | Path) -> SyntheticMeta | None:
+    """The sidecar of a synthetic tree, adding it first to a complete tree made before it
+    existed; None for any other dataset root."""
+    root = Path(root)
+    if not (root / MARKER).is_file():
+        return None
+    ensure_synthetic_meta(root)
+    meta = read_json(root / META_DIR / META_FILE)
+    kinds = tuple(meta["backgrounds"])
+    typical = {VOC_CLASSES.index(c) + 1: kinds.index(k) for c, k in meta["typical_context"].items()}
+    return SyntheticMeta(root, kinds, typical, {k: float(meta.get(k, v)) for k, v in KNOBS.items()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -497,13 +672,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classes", nargs="+", default=None, help=f"default: {DEFAULT_CLASSES}")
+    parser.add_argument("--key-part-contrast", type=float, default=1.0,
+                        help="1 = neutral body + textured key part; lower = textured body too")
+    parser.add_argument("--context-strength", type=float, default=1.0,
+                        help="1 = per-class background table; 0 = uniform background kinds")
     parser.add_argument("--ensure", action="store_true", help="skip if already generated")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     fn = ensure_synthetic_voc if args.ensure else generate_voc
     fn(args.root, args.num_train, args.num_val, tuple(args.image_size), args.seed, args.classes,
-       args.num_extra, not args.no_progress)  # fmt: skip
+       args.num_extra, not args.no_progress, key_part_contrast=args.key_part_contrast,
+       context_strength=args.context_strength)  # fmt: skip
     return 0
 
 

@@ -234,16 +234,18 @@ def resolve_data_root(cfg: DictConfig) -> Path:
                 f"data.root={root} does not exist; expected the dataset directory of {cfg.data.source._target_}"
             )
         return root
-    from wsss.data.synthetic import ensure_synthetic_voc
+    from wsss.data.synthetic import KNOBS, ensure_synthetic_voc, synthetic_root
 
     syn = cfg.data.get("synthetic")
     if syn is None:
         target = cfg.data.get("source", {}).get("_target_", "this dataset")
         raise ValueError(f"data.root is required for {target} (only data=voc has a synthetic "
                          "stand-in); pass data.root=/path/to/the/dataset")
+    knobs = {k: float(syn.get(k, v)) for k, v in KNOBS.items()}  # non-default knobs: own root
     return Path(ensure_synthetic_voc(
-        Path(syn.root), num_train=syn.num_train, num_val=syn.num_val, seed=syn.seed,
-        image_size=tuple(syn.image_size), classes=list(syn.classes) if syn.classes else None,
+        synthetic_root(syn.root, **knobs), num_train=syn.num_train, num_val=syn.num_val,
+        seed=syn.seed, image_size=tuple(syn.image_size),
+        classes=list(syn.classes) if syn.classes else None, **knobs,
     ))
 
 

@@ -62,6 +62,11 @@ def global_config(cfg: DictConfig, keys: Iterable[str] | None = None) -> dict[st
     data.pop("check", None)  # how the pre-flight data check runs (workers, cache) shapes no output
     if data.get("root") is not None:
         data.pop("synthetic", None)  # only used when there is no root
+    elif isinstance(data.get("synthetic"), dict):  # knobs at their defaults: the tree runs made
+        from wsss.data.synthetic import KNOBS  # before the knobs existed used (stay reusable)
+
+        data["synthetic"] = {k: v for k, v in data["synthetic"].items()
+                             if not (k in KNOBS and v is not None and float(v) == KNOBS[k])}  # fmt: skip
     trainer = cfg.get("trainer") or {}
     full = {"method": _container(cfg.get("method")), "backbone": _container(cfg.get("backbone")),
             "data": data, "protocol": _container(cfg.get("protocol")), "seed": cfg.get("seed"),

@@ -164,6 +164,10 @@ def _data(cfg: DictConfig) -> list[str]:
         if _get(cfg, "data.synthetic") is None:
             problems.append("data.root is required for this dataset (only data=voc has a synthetic "
                             "stand-in): pass data.root=/path/to/the/dataset")  # fmt: skip
+        for knob in ("key_part_contrast", "context_strength"):  # docs/methods.md, "Phenomenon measures"
+            value = _get(cfg, f"data.synthetic.{knob}")
+            if value is not None and not 0.0 <= float(value) <= 1.0:
+                problems.append(f"data.synthetic.{knob}={value} must lie in [0, 1] (1 = the default tree)")
         return problems  # the synthetic tree is generated (with its saliency maps) at run time
     root = Path(str(root)).expanduser()
     if not root.is_dir():

@@ -2,6 +2,9 @@
 
 Reads only the runs' ``stages/*/metrics.json`` files; a column is blank where a run lacks that stage
 and ``n/a`` where the stage ran but had no GT masks to score against (``null`` in metrics.json).
+A second table lists the phenomenon measures (``phenomena`` in metrics.json: partial activation,
+context false positives, boundary F; docs/methods.md) of every stage that wrote them; for older
+runs, or every output of a stage, ``python -m wsss.metrics.phenomena RUN...`` computes them.
 """
 
 from __future__ import annotations
@@ -46,6 +49,28 @@ def table(runs: list[Path], names: list[str] | None = None) -> str:
     return "\n".join(rows)
 
 
+# (column title, key of metrics["phenomena"])
+PHENOMENA_COLUMNS = [("recall", "recall"), ("precision", "precision"), ("body recall", "body_recall"),
+                     ("context FP", "context_fp"), ("ctx FP typical", "context_fp_typical"),
+                     ("boundary F", "boundary_f")]  # fmt: skip
+
+
+def phenomena_table(runs: list[Path], names: list[str] | None = None) -> str | None:
+    """One row per stage with ``phenomena`` in its metrics.json (None when no stage has them)."""
+    head = ["run", "stage", *(c[0] for c in PHENOMENA_COLUMNS)]
+    rows = []
+    for index, run in enumerate(runs):
+        for stage, metrics in stage_metrics(run).items():
+            values = metrics.get("phenomena")
+            if not isinstance(values, dict):
+                continue
+            cells = ["n/a" if values.get(k) is None else f"{values[k]:.3f}" for _, k in PHENOMENA_COLUMNS]
+            rows.append(f"| {names[index] if names else run.name} | {stage} | " + " | ".join(cells) + " |")
+    if not rows:
+        return None
+    return "\n".join(["| " + " | ".join(head) + " |", "|---" * len(head) + "|", *rows])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (logs/runs/...)")
@@ -55,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         parser.error(f"not run directories (no stages/ inside): {missing}")
     print(table(args.runs, args.names))
+    extra = phenomena_table(args.runs, args.names)
+    if extra:
+        print("\nPhenomenon measures (docs/methods.md):\n" + extra)
 
 
 if __name__ == "__main__":

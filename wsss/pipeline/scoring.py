@@ -1,4 +1,6 @@
-"""Scores shared by the label stages: label mIoU vs GT, and the CAM baseline beside it."""
+"""Scores shared by the label stages: label mIoU vs GT, the phenomenon measures (partial
+activation, context false positives, boundary F; :mod:`wsss.metrics.phenomena`) and the CAM
+baseline beside them."""
 
 from __future__ import annotations
 
@@ -8,9 +10,59 @@ import numpy as np
 import torch
 
 from wsss.data.labels import IGNORE
+from wsss.data.sources import Source
+from wsss.metrics.phenomena import PhenomenaMeter, resize_nearest
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, no_gt_note, source
+
+
+class PhenomenaScore:
+    """:class:`~wsss.metrics.phenomena.PhenomenaMeter` fed by image id: reads the GT mask of
+    ``gt_src`` and, on a synthetic tree, the part and background-kind maps of its sidecar.
+
+    Label maps smaller than the image (SEC's cue grid) are scored against GT (and maps) resized
+    to them by nearest neighbour. Images without a GT mask are skipped.
+    """
+
+    def __init__(self, gt_src: Source, meta: Any = None) -> None:
+        self.gt_src, self.meta = gt_src, meta
+        self.meter = PhenomenaMeter(typical=meta.typical if meta is not None else None)
+
+    @classmethod
+    def for_stage(cls, ctx: StageContext, split: str | None = None) -> PhenomenaScore:
+        """Against the GT masks of ``split`` (default: the protocol's eval split) of ``ctx``'s data."""
+        from wsss.data.synthetic import load_synthetic_meta
+
+        gt_src = source(ctx, split or ctx.cfg.protocol.eval_split, for_eval=True)
+        return cls(gt_src, load_synthetic_meta(ctx.data_root()))
+
+    def update(self, image_id: str, label: np.ndarray) -> bool:
+        """Score one label map (H, W) (or a coarser grid); False when the image has no GT mask."""
+        if not self.gt_src.has_mask(image_id):
+            return False
+        label = np.asarray(label)
+        gt = self.gt_src.load_mask(image_id)
+        parts = kinds = None
+        if self.meta is not None and self.meta.has(image_id):
+            parts, kinds = self.meta.parts(image_id), self.meta.kinds(image_id)
+        if label.shape != gt.shape:
+            gt, parts, kinds = (resize_nearest(a, label.shape) if a is not None else None for a in (gt, parts, kinds))
+        self.meter.update(label, gt, parts, kinds)
+        return True
+
+    def sync(self) -> None:
+        """Sum the counts over DDP ranks (a no-op without DDP)."""
+        from wsss.pipeline.per_image import reduce_sum
+
+        keys = sorted(self.meter.counts)
+        values = reduce_sum([self.meter.counts[k] for k in keys] + [*self.meter.boundary.tolist(), self.meter.num_images])
+        self.meter.counts = {k: int(v) for k, v in zip(keys, values)}
+        self.meter.boundary = np.asarray(values[len(keys) : len(keys) + 4], np.int64)
+        self.meter.num_images = int(values[-1])
+
+    def result(self) -> dict[str, Any]:
+        return self.meter.result()
 
 
 class LabelScore:
@@ -30,6 +82,7 @@ class LabelScore:
         n = ctx.cfg.data.num_classes + 1
         self.all, self.confident = SegmentationMetric(n), SegmentationMetric(n)
         self.ignored, self.total, self.num_evaluated, self.num_without_gt = 0, 0, 0, 0
+        self.phenomena = PhenomenaScore.for_stage(ctx)
 
     def update(self, image_id: str, label: np.ndarray) -> None:
         label_t = torch.as_tensor(np.asarray(label)).long()
@@ -43,6 +96,7 @@ class LabelScore:
         gt = torch.from_numpy(self.gt_src.load_mask(image_id).astype(np.int64))
         self.all.update(label_t, gt)
         self.confident.update(label_t, torch.where(label_t == IGNORE, IGNORE, gt))
+        self.phenomena.update(image_id, np.asarray(label))
         self.num_evaluated += 1
 
     def result(self, with_confident: bool = True) -> dict[str, Any]:
@@ -60,6 +114,7 @@ class LabelScore:
                "ignored_fraction": self.ignored / max(self.total, 1)}  # fmt: skip
         if with_confident:
             out["miou_confident"] = float(self.confident.compute()["miou"])
+        out["phenomena"] = self.phenomena.result()
         return out
 
 

@@ -34,6 +34,7 @@ from wsss.pipeline.image_sets import (
     with_gt,
 )
 from wsss.pipeline.protocol import MissingGroundTruthError, check_threshold_mode
+from wsss.pipeline.scoring import PhenomenaScore
 from wsss.pipeline.visualize import cam_panel, publish
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,20 @@ def run(ctx: StageContext) -> dict:
         includes += "; no GT masks: nothing scored"
         log.warning("eval_cam: %s", out["note"])
     out.update(num_evaluated=len(scored), includes=includes)
+    if scored:  # the CAM labels at the chosen threshold: partial activation, context, boundaries
+        out["phenomena"] = cam_phenomena(ctx, cam_dir, scored, out["threshold"])
     _examples(ctx, cam_dir, reported[: p.num_examples], out["threshold"])
     return out
+
+
+def cam_phenomena(ctx: StageContext, cam_dir, ids: list[str], threshold: float) -> dict:
+    """Phenomenon measures (:mod:`wsss.metrics.phenomena`) of the CAMs binarised at ``threshold``."""
+    score = PhenomenaScore.for_stage(ctx)
+    for image_id in ids:
+        arrays = load_npz(cam_file(cam_dir, image_id))
+        label = cams_to_label(torch.from_numpy(arrays["cams"]), torch.from_numpy(arrays["keys"]), threshold)
+        score.update(image_id, label.numpy())
+    return score.result()
 
 
 def _examples(ctx: StageContext, cam_dir, ids: list[str], threshold: float) -> None:

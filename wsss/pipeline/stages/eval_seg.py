@@ -22,6 +22,7 @@ from wsss.pipeline.context import StageContext, world_size
 from wsss.pipeline.image_sets import eval_ids, load_rgb, no_gt_note, source, stage_images
 from wsss.pipeline.models import load_stage_model
 from wsss.pipeline.per_image import reduce_sum, shard
+from wsss.pipeline.scoring import PhenomenaScore
 from wsss.pipeline.visualize import cam_panel, publish
 
 
@@ -40,6 +41,7 @@ def run(ctx: StageContext) -> dict:
     metrics = {kind: SegmentationMetric(n, sync=sync) for kind in kinds}
     crf_params = OmegaConf.to_container(p.crf_params, resolve=True)
     panels: list = []
+    phenomena = PhenomenaScore.for_stage(ctx, p.split)  # of the final predictions (reported ids)
     for index in progress(shard(range(len(dataset))), desc="eval_seg"):
         item = dataset[index]
         name, image = item["name"], item["image"][None].to(device)
@@ -60,6 +62,8 @@ def run(ctx: StageContext) -> dict:
             for kind, pred in preds.items():
                 metrics[kind].update(pred, gt)
         final = preds["crf" if p.crf else ("ms" if multi else "single")].numpy().astype(np.uint8)
+        if gt is not None and name in reported:
+            phenomena.update(name, final)
         save_label_png(ctx.out_dir / "predictions" / f"{name}.png", final)
         if len(panels) < p.num_examples and name in reported:  # GT column when there is GT
             masks = [final] + ([gt.numpy().astype(np.uint8)] if gt is not None else [])
@@ -86,6 +90,9 @@ def run(ctx: StageContext) -> dict:
     if p.crf:
         out["miou_crf"] = miou("crf")
         out["per_class_iou_crf"] = per_class("crf")
+    phenomena.sync()
+    if counts["reported"]:
+        out["phenomena"] = phenomena.result()
     out["predictions"] = "predictions (" + ("CRF" if p.crf else "ms" if multi else "single-scale") + ")"
     if not counts["reported"]:
         out["note"] = no_gt_note(p.split, len(reported))

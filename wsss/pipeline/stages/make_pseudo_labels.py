@@ -25,6 +25,7 @@ from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics, world_size
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source, with_gt
 from wsss.pipeline.per_image import reduce_sum, shard, valid_png
+from wsss.pipeline.scoring import PhenomenaScore
 
 
 def scores_to_label(scores: np.ndarray, keys: np.ndarray, margin: float) -> np.ndarray:
@@ -90,6 +91,7 @@ def run(ctx: StageContext) -> dict:
     sync = world_size() > 1
     metrics = {"plain": SegmentationMetric(n, sync=sync), "crf": SegmentationMetric(n, sync=sync)}
     ignored = {"plain": [0, 0], "crf": [0, 0]}
+    phenomena = {kind: PhenomenaScore.for_stage(ctx) for kind in ("plain", "crf")}
     for item in progress(loader, desc="make_pseudo_labels"):
         for kind in ("plain", "crf"):
             if kind not in item:
@@ -100,8 +102,11 @@ def run(ctx: StageContext) -> dict:
             if item["id"] in evaluated:
                 gt = torch.from_numpy(eval_src.load_mask(item["id"]).astype(np.int64))
                 metrics[kind].update(label, gt)
+                phenomena[kind].update(item["id"], label.numpy())
 
     ignored = {kind: reduce_sum(counts) for kind, counts in ignored.items()}  # over DDP ranks
+    for score in phenomena.values():
+        score.sync()
     out: dict = {"threshold": threshold, "ignore_margin": float(p.ignore_margin), "split": p.split,
                  "num_images": len(ids), "eval_split": proto.eval_split,
                  "label_dir": "labels_crf" if (p.crf and p.use_crf) else "labels"}
@@ -115,6 +120,9 @@ def run(ctx: StageContext) -> dict:
         else:
             out[f"miou{suffix}"], out[f"per_class_iou{suffix}"] = None, {}
         out[f"ignored_fraction{suffix}"] = ignored[kind][0] / max(ignored[kind][1], 1)
+        out[f"phenomena{suffix}"] = phenomena[kind].result()
+    if p.crf and p.use_crf:  # `phenomena`: of the labels downstream trains on
+        out["phenomena_plain"], out["phenomena"] = out["phenomena"], out.pop("phenomena_crf")
     out["num_evaluated"] = len(evaluated)
     out["includes"] = (f"{read_metrics(make_cam).get('includes', 'CAMs')}; unsure (margin "
                        f"{p.ignore_margin}) counted as background in mIoU")

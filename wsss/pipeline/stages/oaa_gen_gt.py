@@ -25,6 +25,7 @@ from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, with_gt
 from wsss.pipeline.saliency_maps import read_saliency
+from wsss.pipeline.scoring import PhenomenaScore
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 LABEL_DIR = "labels"
@@ -55,6 +56,7 @@ def run(ctx: StageContext) -> dict:
     eval_src = source(ctx, proto.eval_split, for_eval=True)
     evaluated = set(with_gt(eval_src, set(eval_ids(ctx, proto.eval_split)) & set(src.ids)))
     metric = SegmentationMetric(ctx.cfg.data.num_classes + 1)
+    phenomena = PhenomenaScore.for_stage(ctx)
     ignored = counted = dropped = 0
     out_dir = ctx.out_dir / LABEL_DIR
     for image_id in tqdm(src.ids, desc="oaa_gen_gt"):
@@ -69,6 +71,7 @@ def run(ctx: StageContext) -> dict:
             lab = label.long()
             metric.update(torch.where(lab == IGNORE, 0, lab),
                           torch.from_numpy(eval_src.load_mask(image_id).astype(np.int64)))  # fmt: skip
+            phenomena.update(image_id, label.numpy())
     out: dict = {"split": p.split, "num_images": len(src.ids), "label_dir": LABEL_DIR,
                  "cams": str(cam_dir), "saliency_dir": str(sal_dir), **thresholds,
                  "ignored_fraction": ignored / max(counted, 1), "images_all_ignored": dropped,
@@ -77,6 +80,7 @@ def run(ctx: StageContext) -> dict:
         result = metric.compute()
         out["miou"] = float(result["miou"])
         out["per_class_iou"] = class_names_iou(result["iou"], ("background", *eval_src.class_names))
+        out["phenomena"] = phenomena.result()
     else:
         out["miou"], out["note"] = None, no_gt_note(proto.eval_split, len(evaluated))
     out["includes"] = (f"OAA gen_gt: {read_metrics(cams).get('includes', 'attention')} fused with "
