@@ -19,6 +19,19 @@ from wsss.functional.cam import multiscale_cam, normalize_cam, restrict_to_keys
 from wsss.io import save_npz
 
 
+def image_cams(cam_fn, image: torch.Tensor, labels: torch.Tensor, scales: Sequence[float],
+               flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_cam``'s maps of one image: ``(keys (K,) int64, cams (K, H, W) float32)``.
+
+    Multi-scale + flip CAMs of all classes, restricted to the present ones, ReLU'd and
+    max-normalised per class. (Upsampling only the present classes would save little and is not
+    bit-identical: PyTorch's bilinear kernel rounds differently with another channel count.)
+    """
+    summed = multiscale_cam(cam_fn, image, scales=scales, flip=flip)
+    cams, keys = restrict_to_keys(summed, labels)
+    return keys, normalize_cam(cams)
+
+
 class CAMInference(L.LightningModule):
     """Wraps any classifier exposing ``cam(images) -> (B, C, h, w)`` for multi-scale inference."""
 
@@ -31,10 +44,9 @@ class CAMInference(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
         out = []
         for i, name in enumerate(batch["name"]):
-            image = batch["image"][i : i + 1]
-            summed = multiscale_cam(self.classifier.cam, image, scales=self.scales, flip=self.flip)
-            cams, keys = restrict_to_keys(summed, batch["labels"][i])
-            out.append({"name": name, "keys": keys.cpu(), "cams": normalize_cam(cams).cpu()})
+            keys, cams = image_cams(self.classifier.cam, batch["image"][i : i + 1], batch["labels"][i],
+                                    self.scales, self.flip)
+            out.append({"name": name, "keys": keys.cpu(), "cams": cams.cpu()})
         return out
 
 
