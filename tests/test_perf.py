@@ -230,3 +230,14 @@ def test_prediction_trainer_runs_the_prepared_network() -> None:
     assert (out[0]["cams"] - reference).abs().max() <= 1e-5
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert model.classifier.weight.is_contiguous(memory_format=CL)
+
+
+def test_config_perf_node_validates_and_recipes_choose_folding() -> None:
+    from tests.conftest import compose_cfg
+
+    small = compose_cfg(tiny=False)  # the default run: bit-identical numbers, no folding
+    assert perf.configure(small.perf) == perf.PerfSettings(False, True, False, False, True)
+    paper = compose_cfg(["recipe=paper"], tiny=False)  # VOC-size ResNets: folding pays
+    assert perf.configure(paper.perf) == perf.PerfSettings(False, True, False, True, True)
+    with pytest.raises(KeyError, match="unknown keys"):
+        perf.configure({**small.perf, "fold": True})

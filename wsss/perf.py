@@ -47,7 +47,8 @@ class PerfSettings:
         compile: ``torch.compile`` the backbone for fits and Trainer predictions (GPU; needs
             a C++ toolchain on CPU, pays off only for long runs).
         fold_bn: fold eval BatchNorms into the preceding convolutions for Trainer predictions
-            (``make_cam``'s multi-scale CAMs; :func:`fold_batchnorm`).
+            (``make_cam``'s multi-scale CAMs; :func:`fold_batchnorm`). Off in the small recipe
+            (conf/recipe/small.yaml), whose results it would move in the last digits.
         onednn_conv: Trainer predictions run every CPU float32 convolution through oneDNN
             (:func:`use_onednn_convolutions`); PyTorch's own heuristic sends 1x1 convolutions to
             its native kernel when it has one thread, which is slower in NHWC.
