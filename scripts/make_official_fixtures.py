@@ -1,7 +1,9 @@
 """Generate the official-release fixtures of tests/models/official/ from the official code.
 
     python scripts/make_official_fixtures.py irn /tmp/official/irn   # a checkout of jiwoon-ahn/irn
+    python scripts/make_official_fixtures.py irn_make_cam /tmp/official/irn  # its make_cam step
     python scripts/make_official_fixtures.py psa /tmp/official/psa   # a checkout of jiwoon-ahn/psa
+    python scripts/make_official_fixtures.py psa_vgg /tmp/official/psa  # its VGG-16 variants
     python scripts/make_official_fixtures.py seam /tmp/official/seam # YudeWang/SEAM
     python scripts/make_official_fixtures.py eps /tmp/official/eps   # halbielee/EPS
     python scripts/make_official_fixtures.py oaa /tmp/official/oaa   # PengtaoJiang/OAA-PyTorch
@@ -125,6 +127,62 @@ def make_irn(code: Path) -> None:
     )
 
 
+def uint8_image(seed: int, height: int, width: int) -> np.ndarray:
+    """A fixed ``(H, W, 3)`` uint8 image: smooth colour blobs plus noise."""
+    blobs = image_input(seed, height, width)[0].numpy().transpose(1, 2, 0)
+    return np.clip(np.round(128 + 50 * blobs), 0, 255).astype(np.uint8)
+
+
+def make_irn_make_cam(code: Path) -> None:
+    """IRN's ``step/make_cam.py`` (``_work``) on one small image: their
+    ``VOC12ClassificationDatasetMSF`` (PIL-bicubic scales, ``TorchvisionNormalize``, flips), the
+    CAM network and their strided (stride 4) / high-res CAM sizes and normalisation."""
+    import contextlib
+    import os
+    import tempfile
+    import types
+
+    _official_imports(code)
+    cwd = os.getcwd()
+    os.chdir(code)  # voc12/dataloader.py reads voc12/cls_labels.npy relative to the cwd
+    try:
+        from net import resnet50, resnet50_cam
+        from step import make_cam
+        from voc12 import dataloader
+    finally:
+        os.chdir(cwd)
+    original = resnet50.resnet50
+    resnet50.resnet50 = lambda pretrained=True, **kw: original(pretrained=False, **kw)
+    # CPU: the official loop calls .cuda() and counts GPUs.
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    torch.cuda.device_count = lambda: 1
+    make_cam.cuda = types.SimpleNamespace(device=lambda index: contextlib.nullcontext())
+
+    model = resnet50_cam.CAM()
+    keys = fill_model(model)
+    model.eval()
+    model.cuda = lambda *args, **kwargs: model
+    image = uint8_image(12, 45, 61)  # odd sizes: 0.5 -> 22 x 30 (half to even), 1.5 -> 68 x 92
+    label = np.zeros(20, np.float32)
+    label[[3, 11]] = 1
+    scales = (1.0, 0.5, 1.5, 2.0)
+    dataloader.imageio = types.SimpleNamespace(imread=lambda path: image)
+    dataset = dataloader.VOC12ClassificationDatasetMSF.__new__(dataloader.VOC12ClassificationDatasetMSF)
+    # 20 copies: _work prints progress every len // 20 images (and divides by it).
+    dataset.img_name_list = np.array([2007000032] * 20)
+    dataset.label_list = np.stack([label] * 20)
+    dataset.voc12_root, dataset.scales = "", scales
+    dataset.img_normal = dataloader.TorchvisionNormalize()
+    with tempfile.TemporaryDirectory() as out:
+        args = types.SimpleNamespace(num_workers=0, cam_out_dir=out)
+        with torch.no_grad():
+            make_cam._work(0, model, [dataset], args)
+        result = np.load(os.path.join(out, "2007_000032.npy"), allow_pickle=True).item()
+    save("irn_make_cam", image=image, label=label, scales=np.array(scales),
+         cam_keys=np.asarray(result["keys"]), strided=np.asarray(result["cam"]),
+         high_res=np.asarray(result["high_res"]), **keys)
+
+
 def make_psa(code: Path) -> None:
     """PSA: ResNet-38 classifier (``network/resnet38_cls.py``) and AffinityNet
     (``network/resnet38_aff.py``), with the dense random walk of ``infer_aff.py``."""
@@ -166,6 +224,86 @@ def make_psa(code: Path) -> None:
         logt=np.int64(logt),
         **keys,
     )
+
+
+def make_psa_vgg(code: Path) -> None:
+    """PSA's VGG-16 variants: classifier (``network/vgg16_cls.py``: logits and ``forward_cam``)
+    and AffinityNet (``network/vgg16_aff.py``: pair affinities and ``infer_aff.py``'s walk).
+
+    The input is in vgg16d's space (BGR, Caffe mean subtracted, 0..255 scale)."""
+    _official_imports(code)
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the official code calls .cuda()
+    from network import vgg16_aff, vgg16_cls
+
+    cls_net = vgg16_cls.Net()
+    keys = fill_model(cls_net)
+    cls_net.eval()
+    image = 40 * image_input(9, 64, 80)
+    with torch.no_grad():
+        logits = cls_net(image)
+        cam = cls_net.forward_cam(image)
+    save("psa_vgg_cls", image=image.numpy(), logits=logits.numpy(), cam=cam.numpy(), **keys)
+    _psa_infer_cls(cls_net)
+
+    aff_net = vgg16_aff.Net()
+    keys = fill_model(aff_net)
+    aff_net.eval()
+    image = 40 * image_input(10, 72, 96)  # feature grid 9 x 12
+    beta, logt = 8, 3
+    with torch.no_grad():
+        aff = aff_net(image)
+        aff_mat = torch.pow(aff_net.forward(image, True), beta)
+        trans_mat = aff_mat / torch.sum(aff_mat, dim=0, keepdim=True)
+        for _ in range(logt):
+            trans_mat = torch.matmul(trans_mat, trans_mat)
+        rng = np.random.Generator(np.random.PCG64(11))
+        seeds = torch.from_numpy(rng.random((3, 9, 12), dtype=np.float32))
+        walk = torch.matmul(seeds.view(3, -1), trans_mat).view(3, 9, 12)
+    save("psa_vgg_aff", image=image.numpy(), aff=aff.numpy(), seeds=seeds.numpy(),
+         walk=walk.numpy(), beta=np.int64(beta), logt=np.int64(logt), **keys)
+
+
+def _psa_infer_cls(model: torch.nn.Module) -> None:
+    """``infer_cls.py``'s CAMs of one 45 x 61 uint8 image with PSA's ``VOC12ClsDatasetMSF`` (PIL
+    bicubic per scale, ``model.normalize``, flips) and its per-pass loop (upsample to the image
+    size, mask by the label, flip back, sum, divide by max + 1e-5); weights: ``psa_vgg_cls``."""
+    import PIL.Image
+    import torch.nn.functional as F
+    import torchvision
+    import voc12.data
+    from tool import imutils
+
+    image = uint8_image(13, 45, 61)
+    label = np.zeros(20, np.float32)
+    label[[4, 14]] = 1
+    scales = (1, 0.5, 1.5, 2.0)
+    dataset = voc12.data.VOC12ClsDatasetMSF.__new__(voc12.data.VOC12ClsDatasetMSF)
+    dataset.img_name_list, dataset.label_list = ["2007_000032"], np.stack([label])
+    dataset.voc12_root, dataset.transform, dataset.scales, dataset.unit = "", None, scales, 1
+    dataset.inter_transform = torchvision.transforms.Compose(
+        [np.asarray, model.normalize, imutils.HWC_to_CHW])
+    if not hasattr(PIL.Image, "CUBIC"):  # the alias PSA uses, dropped by Pillow 10 (same filter)
+        PIL.Image.CUBIC = PIL.Image.Resampling.BICUBIC
+    opened = PIL.Image.open
+    PIL.Image.open = lambda path: PIL.Image.fromarray(image)
+    try:
+        _, img_list, label_t = dataset[0]
+    finally:
+        PIL.Image.open = opened
+    cam_list = []
+    with torch.no_grad():
+        for i, img in enumerate(img_list):
+            cam = model.forward_cam(torch.from_numpy(img)[None])
+            cam = F.interpolate(cam, image.shape[:2], mode="bilinear", align_corners=False)[0]
+            cam = cam.numpy() * label_t.clone().view(20, 1, 1).numpy()
+            if i % 2 == 1:
+                cam = np.flip(cam, axis=-1)
+            cam_list.append(cam)
+    sum_cam = np.sum(cam_list, axis=0)
+    norm_cam = sum_cam / (np.max(sum_cam, (1, 2), keepdims=True) + 1e-5)
+    keys = np.nonzero(label > 1e-5)[0]
+    save("psa_vgg_make_cam", image=image, label=label, scales=np.array(scales, dtype=np.float64),
+         cam_keys=keys, cams=norm_cam[keys].astype(np.float32))
 
 
 def make_seam(code: Path) -> None:
@@ -232,7 +370,9 @@ def make_sec(code: Path) -> None:
 
 RELEASES = {
     "irn": make_irn,
+    "irn_make_cam": make_irn_make_cam,
     "psa": make_psa,
+    "psa_vgg": make_psa_vgg,
     "seam": make_seam,
     "eps": make_eps,
     "oaa": make_oaa,

@@ -149,3 +149,19 @@ def test_interrupted_make_cam_resumes_only_missing_or_broken_files(base_run: Pat
 def test_config_diff_lists_changed_keys() -> None:
     assert config_diff({"a": {"b": 1, "c": [1, 2]}}, {"a": {"b": 2, "c": [1, 2]}, "d": 0}) == [
         "a.b: 1 -> 2", 'd: "<absent>" -> 0']
+
+
+def test_resumed_run_prefers_its_own_stages_over_from_run(base_run: Path, synthetic_root: Path,
+                                                         tmp_path: Path) -> None:
+    """An interrupted `pipeline.from_run=X` run restarted with the same command: stages after one this
+    run finished itself are run here, not compared with X's copies (made from other inputs)."""
+    run_dir = tmp_path / "run"
+    (run_dir / "stages").mkdir(parents=True)
+    shutil.copytree(base_run / "stages/make_cam", run_dir / "stages/make_cam")  # finished here
+    cfg = _cfg(synthetic_root, tmp_path / "logs", f"pipeline.from_run={base_run}",
+               "stages.eval_cam.threshold=0.3", "protocol.threshold_mode=fixed",
+               "pipeline.order=[train_cls,make_cam,eval_cam]")
+    results = run_pipeline(cfg, run_dir)  # X's eval_cam (another threshold) is not a reuse candidate
+    assert results["eval_cam"]["threshold"] == 0.3
+    assert (run_dir / "stages/eval_cam/manifest.json").is_file()
+    assert not (run_dir / "stages/train_cls").exists()  # still reused from X

@@ -39,6 +39,28 @@ def test_irn_release_runs_through_our_stages(tiny_cfg, tmp_path) -> None:
     run_dir = tmp_path / "run"
     results = run_pipeline(cfg, run_dir)
     assert results["train_cls"]["checkpoint_format"] == "irn_cam"
+    # IRN's make_cam: PIL-bicubic inputs, stride-4 CAMs stored for the walk.
+    assert results["make_cam"]["resize"] == "pil_bicubic" and results["make_cam"]["upsample"] == "irn"
+    cam_file = next((run_dir / "stages/make_cam/cams").glob("*.npz"))
+    with np.load(cam_file) as cams:
+        assert cams["strided"].shape[-2:] == tuple((s - 1) // 4 + 1 for s in cams["cams"].shape[-2:])
+    # The release's own displacement mean shift is kept (IRN's inference uses the stored one).
+    shift = official_state_from_fixture(dict(np.load(FIXTURES / "irn_irn.npz")))["mean_shift.running_mean"]
+    assert results["train_irn"]["mean_shift"] == pytest.approx(shift.tolist())
+    calibration = results["calibrate_irn"]
+    assert calibration["source"] == "checkpoint" and calibration["num_images"] == 0
+    assert [calibration["mean_dy"], calibration["mean_dx"]] == pytest.approx(shift.tolist())
+    # recompute_release=true averages the release's displacements over the split instead.
+    from omegaconf import open_dict
+
+    from wsss.pipeline.context import StageContext
+    from wsss.pipeline.stages import calibrate_irn
+
+    with open_dict(cfg):
+        cfg.stages.calibrate_irn.recompute_release = True
+    redone = calibrate_irn.run(StageContext(cfg, "calibrate_irn", run_dir))
+    assert redone["source"] == "recomputed" and redone["num_images"] > 0
+    assert abs(redone["mean_dy"] - float(shift[0])) > 1e-3
     assert (
         results["train_cls"]["epochs"] == 0 and results["train_irn"]["checkpoint_format"] == "irn"
     )
@@ -70,6 +92,26 @@ def test_psa_release_composes_psa_networks_and_walk() -> None:
     assert cfg.stages.train_cls.checkpoint_format == "psa"
     module = instantiate(cfg.stages.train_affinity.module)
     assert module.levels == ["conv4", "conv5", "conv6"] and module.stride == 8
+
+
+def test_psa_release_vgg16_composes_loads_and_passes_preflight(tiny_cfg, tmp_path) -> None:
+    from hydra.utils import instantiate
+
+    from wsss.models.official import FORMATS
+    from wsss.pipeline.preflight import check
+
+    cls, aff = release(tmp_path, "psa_vgg_cls"), release(tmp_path, "psa_vgg_aff")
+    cfg = tiny_cfg("experiment=psa_release_vgg16", f"stages.train_cls.from_checkpoint={cls}",
+                   f"stages.train_affinity.from_checkpoint={aff}")  # fmt: skip
+    assert check(cfg) == []
+    assert cfg.stages.make_cam.resize == "pil_bicubic" and cfg.stages.random_walk.sources == "psa"
+    classifier = instantiate(cfg.method)
+    assert classifier.sqrt_cam and classifier.backbone.fc6_dilation == 1
+    FORMATS[cfg.stages.train_cls.checkpoint_format](classifier, torch.load(cls, weights_only=True), str(cls))
+    affinity = instantiate(cfg.stages.train_affinity.module)
+    assert affinity.backbone.fc6_dilation == 4 and affinity.levels == ["conv4", "conv5", "fc7"]
+    fmt = cfg.stages.train_affinity.checkpoint_format
+    FORMATS[fmt](affinity, torch.load(aff, weights_only=True), str(aff))
 
 
 def test_train_sec_loads_the_sec_release_instead_of_training(tmp_path) -> None:

@@ -170,6 +170,23 @@ def finalize(sample: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def pil_rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """Rescale a uint8 ``(H, W, 3)`` image with PIL bicubic, as PSA's and IRN's CAM inference.
+
+    The size is ``(round(H * scale), round(W * scale))`` with NumPy's round-half-to-even (IRN's
+    ``imutils.pil_rescale``; PSA's ``round`` gives the same); an unchanged size returns the image.
+    """
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"pil_rescale needs a uint8 (H, W, C) image, got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+    size = (int(np.round(height * scale)), int(np.round(width * scale)))
+    if size == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size[::-1], Image.BICUBIC))
+
+
 __all__ = [
     "PadTo",
     "RandomRescale",
@@ -177,5 +194,6 @@ __all__ = [
     "build_eval_transform",
     "build_train_transform",
     "finalize",
+    "pil_rescale",
     "to_tv_tensors",
 ]  # fmt: skip

@@ -25,6 +25,7 @@ __all__ = [
     "background_power",
     "cam",
     "cams_to_label",
+    "irn_multiscale_cam",
     "multiscale_cam",
     "normalize_cam",
     "restrict_to_keys",
@@ -183,6 +184,7 @@ def multiscale_cam(
     scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
     flip: bool = True,
     output_size: tuple[int, int] | None = None,
+    prepared: Sequence[Tensor] | None = None,
 ) -> Tensor:
     """Multi-scale (+ horizontal flip) CAM inference, summed over all passes (PSA/IRN).
 
@@ -200,6 +202,9 @@ def multiscale_cam(
         scales: Resize factors of the input (PSA/IRN default ``(1.0, 0.5, 1.5, 2.0)``).
         flip: Also run the horizontally flipped image at each scale.
         output_size: ``(H_out, W_out)`` of the result; defaults to the image size.
+        prepared: One normalised ``(1, 3, h_s, w_s)`` input per scale made elsewhere (PSA's
+            ``infer_cls.py``: PIL bicubic on the uint8 image); replaces the bilinear resizing
+            of ``image``, whose size is then only the default output size.
 
     Returns:
         float32 sum of ``len(scales) * (2 if flip else 1)`` ReLU'd maps.
@@ -216,13 +221,17 @@ def multiscale_cam(
         raise ValueError("scales must not be empty")
     height, width = image.shape[-2:]
     size = (int(height), int(width)) if output_size is None else tuple(output_size)
+    if prepared is not None and len(prepared) != len(scales):
+        raise ValueError(f"got {len(prepared)} prepared inputs for {len(scales)} scales")
     total: Tensor | None = None
-    for scale in scales:
+    for index, scale in enumerate(scales):
         if scale <= 0:
             raise ValueError(f"scales must be positive, got {scale}")
         scaled_size = (max(1, round(height * scale)), max(1, round(width * scale)))
         scaled = image
-        if scaled_size != (height, width):
+        if prepared is not None:
+            scaled = prepared[index].reshape(1, *prepared[index].shape[-3:])
+        elif scaled_size != (height, width):
             scaled = F.interpolate(image, size=scaled_size, mode="bilinear", align_corners=False)
         batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
         maps = F.relu(model(batch).float())
@@ -235,3 +244,51 @@ def multiscale_cam(
         total = maps if total is None else total + maps
     assert total is not None
     return total
+
+
+@torch.no_grad()
+def irn_multiscale_cam(
+    model: Callable[[Tensor], Tensor],
+    prepared: Sequence[Tensor],
+    size: tuple[int, int],
+    stride: int = 4,
+    up_stride: int = 16,
+) -> tuple[Tensor, Tensor]:
+    """IRN's ``step/make_cam.py``: stride-``stride`` and high-resolution CAMs, unnormalised.
+
+    Per scale, the input and its flip run as one batch; the ReLU'd maps are fused at the
+    network's resolution (``x[0] + x[1].flip(-1)``, IRN's ``CAM.forward``), then resized
+    bilinearly (align_corners=False) to ``ceil(H / stride) x ceil(W / stride)`` (the strided
+    CAM) and to ``ceil(H / up_stride) * up_stride`` per side, cropped to ``H x W`` (the high-res
+    CAM); both summed over scales. Normalise with :func:`restrict_to_keys` + :func:`normalize_cam`.
+
+    Args:
+        model: Normalised image batch ``(2, 3, h, w)`` -> raw CAMs ``(2, C, h', w')``.
+        prepared: One normalised input per scale (IRN: PIL bicubic on the uint8 image).
+        size: ``(H, W)`` of the original image.
+        stride, up_stride: IRN's 4 and 16.
+
+    Returns:
+        ``(strided, highres)`` float32 sums.
+
+    Shape:
+        - prepared: each ``(1, 3, h_s, w_s)`` or ``(3, h_s, w_s)``
+        - output: ``(C, ceil(H / stride), ceil(W / stride))`` and ``(C, H, W)``
+    """
+    if not prepared:
+        raise ValueError("prepared must hold one input per scale")
+    height, width = (int(v) for v in size)
+    strided_size = ((height - 1) // stride + 1, (width - 1) // stride + 1)
+    up_size = tuple(((v - 1) // up_stride + 1) * up_stride for v in (height, width))
+    strided: Tensor | None = None
+    highres: Tensor | None = None
+    for image in prepared:
+        image = image.reshape(1, *image.shape[-3:])
+        maps = F.relu(model(torch.cat([image, image.flip(-1)])).float())
+        fused = (maps[0] + maps[1].flip(-1))[None]
+        small = F.interpolate(fused, strided_size, mode="bilinear", align_corners=False)[0]
+        large = F.interpolate(fused, up_size, mode="bilinear", align_corners=False)[0, :, :height, :width]
+        strided = small if strided is None else strided + small
+        highres = large if highres is None else highres + large
+    assert strided is not None and highres is not None
+    return strided, highres

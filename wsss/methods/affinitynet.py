@@ -51,15 +51,24 @@ class AffinityNetModule(WSSSModule):
         branch_channels: Output channels of each level's 1x1 branch (PSA: 64, 128, 256).
         output_stride: Overrides ``backbone.output_stride`` (PSA works at stride 8).
         radius: Pair radius of the loss (PSA: 5).
+        branch_norm_groups: GroupNorm groups after each branch conv (``None``: no norm, PSA's
+            ResNet-38 AffinityNet; PSA's VGG-16 AffinityNet: ``[8, 16, 32]``).
+        backbone_overrides: :func:`~wsss.models.backbones.build_backbone` kwargs replacing the
+            ``backbone`` config's (PSA's VGG-16 AffinityNet: ``{fc6_dilation: 4}`` while its
+            classifier uses 1).
         optimizer, new_lr_mult, poly_power: see :class:`WSSSModule` (head at ``new_lr_mult``).
     """
 
     def __init__(self, backbone: dict, feature_levels: Sequence[str] | None, branch_channels: Sequence[int],
                  optimizer: Callable, new_lr_mult: float, poly_power: float,
-                 output_stride: int | None = None, radius: int = 5) -> None:  # fmt: skip
+                 output_stride: int | None = None, radius: int = 5,
+                 branch_norm_groups: Sequence[int] | None = None,
+                 backbone_overrides: dict | None = None) -> None:  # fmt: skip
         super().__init__(optimizer, new_lr_mult, poly_power)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
-        overrides = {} if output_stride is None else {"output_stride": output_stride}
+        overrides = dict(backbone_overrides or {})
+        if output_stride is not None:
+            overrides["output_stride"] = output_stride
         self.backbone = create_backbone(backbone, **overrides)
         if feature_levels is None:
             feature_levels = deepest_levels(self.backbone, len(branch_channels), min_stride=4)
@@ -76,6 +85,15 @@ class AffinityNetModule(WSSSModule):
             nn.Conv2d(self.backbone.channels[lv], c, 1, bias=False)
             for lv, c in zip(self.levels, branch_channels)
         )
+        if branch_norm_groups is not None:
+            if len(branch_norm_groups) != len(branch_channels):
+                raise ValueError(f"branch_norm_groups {list(branch_norm_groups)} and branch_channels "
+                                 f"{list(branch_channels)} must have the same length")  # fmt: skip
+            self.branch_norms = nn.ModuleList(
+                nn.GroupNorm(int(g), int(c)) for g, c in zip(branch_norm_groups, branch_channels)
+            )
+        else:
+            self.branch_norms = None
         dim = int(sum(branch_channels))
         self.embed = nn.Conv2d(dim, dim, 1, bias=False)
         for conv in self.branches:
@@ -87,8 +105,11 @@ class AffinityNetModule(WSSSModule):
         feats = self.backbone(images)
         size = feats[min(self.levels, key=lambda lv: self.backbone.strides[lv])].shape[-2:]
         outs = []
-        for level, branch in zip(self.levels, self.branches):
-            out = F.elu(branch(feats[level]))
+        for i, (level, branch) in enumerate(zip(self.levels, self.branches)):
+            out = branch(feats[level])
+            if self.branch_norms is not None:
+                out = self.branch_norms[i](out)
+            out = F.elu(out)
             if out.shape[-2:] != size:
                 out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
             outs.append(out)
@@ -98,7 +119,8 @@ class AffinityNetModule(WSSSModule):
         return self.backbone.parameters()
 
     def new_parameters(self) -> Iterable[nn.Parameter]:
-        return [*self.branches.parameters(), *self.embed.parameters()]
+        norms = [] if self.branch_norms is None else list(self.branch_norms.parameters())
+        return [*self.branches.parameters(), *norms, *self.embed.parameters()]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         features = self(batch["image"])

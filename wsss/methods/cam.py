@@ -53,11 +53,16 @@ class ClassifierModule(WSSSModule):
 
 
 class CAMModule(ClassifierModule):
-    """The CAM baseline: logits = W · GAP(f), CAM_c = w_c · f(u) (docs/methods.md, "CAM baseline")."""
+    """The CAM baseline: logits = W · GAP(f), CAM_c = w_c · f(u) (docs/methods.md, "CAM baseline").
+
+    ``sqrt_cam`` (default False): :meth:`cam` returns ``sqrt(relu(CAM))``, as PSA's VGG-16
+    classifier does (``vgg16_cls.forward_cam``); the logits are unchanged.
+    """
 
     def __init__(self, backbone: dict, num_classes: int, optimizer: Callable, new_lr_mult: float,
-                 poly_power: float) -> None:
+                 poly_power: float, sqrt_cam: bool = False) -> None:
         super().__init__(backbone, num_classes, optimizer, new_lr_mult, poly_power)
+        self.sqrt_cam = bool(sqrt_cam)
         self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)
 
@@ -70,7 +75,8 @@ class CAMModule(ClassifierModule):
         return self.classifier(pooled).flatten(1)
 
     def cam(self, images: Tensor) -> Tensor:
-        return cam(self.features(images), self.classifier.weight)
+        maps = cam(self.features(images), self.classifier.weight)
+        return F.relu(maps).sqrt() if self.sqrt_cam else maps
 
     def new_parameters(self) -> Iterable[nn.Parameter]:
         return self.classifier.parameters()

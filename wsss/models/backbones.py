@@ -137,12 +137,26 @@ def _dilate(layer: nn.Module, dilation: int) -> None:
 
 
 class VGG16Backbone(nn.Module):
-    """VGG-16 as in DeepLab-LargeFOV/OAA: pool4 stride 1, conv5 dilated 2, output stride 8."""
+    """VGG-16 as in DeepLab-LargeFOV/OAA: pool4 stride 1, conv5 dilated 2, output stride 8.
 
-    def __init__(self, output_stride: int = 8, frozen_stages: int = 0, deeplab_pools: bool = False) -> None:
+    ``fc6_dilation`` (default ``None``: no fc layers) turns it into PSA's ``vgg16d`` trunk
+    (``network/vgg16d.py``; needs ``deeplab_pools``): after conv5 come ``fc6`` (3x3 conv
+    512 -> 1024, dilation ``fc6_dilation``: 1 in PSA's classifier, 4 in its AffinityNet) + ReLU
+    + dropout 0.5, and ``fc7`` (1x1 conv 1024 -> 1024) + ReLU, a new level ``fc7`` (stride 8)
+    that becomes ``last``; as in vgg16d's forward, DeepLab's pool5 and average pool are not used
+    and the ``conv4`` level is conv4_3's output *before* pool4 (PSA's AffinityNet reads it).
+    """
+
+    def __init__(self, output_stride: int = 8, frozen_stages: int = 0, deeplab_pools: bool = False,
+                 fc6_dilation: int | None = None) -> None:  # fmt: skip
         super().__init__()
         if output_stride != 8:
             raise ValueError(f"backbone.output_stride for vgg16 must be 8, got {output_stride}")
+        if fc6_dilation is not None and (not deeplab_pools or int(fc6_dilation) < 1):
+            raise ValueError(
+                f"backbone.fc6_dilation={fc6_dilation} (PSA's vgg16d) needs backbone.deeplab_pools=true "
+                "and a dilation >= 1"
+            )
         features = torchvision.models.vgg16(weights=None).features
         layers = list(features.children())
         if deeplab_pools:  # DeepLab-LargeFOV (SEC): 3x3 stride-2 pools with padding 1
@@ -156,12 +170,19 @@ class VGG16Backbone(nn.Module):
             if isinstance(layer, nn.Conv2d):
                 layer.dilation, layer.padding = (2, 2), (2, 2)
             conv5.append(layer)
-        if deeplab_pools:  # DeepLab-LargeFOV pool5 (3x3, stride 1) and its 3x3 average pool
+        if deeplab_pools and fc6_dilation is None:  # DeepLab-LargeFOV pool5 (3x3, stride 1) and its 3x3 average pool
             conv5 += [nn.MaxPool2d(3, 1, 1), nn.AvgPool2d(3, 1, 1)]
         self.conv5 = nn.Sequential(*conv5)
         self.channels = {"conv3": 256, "conv4": 512, "conv5": 512}
         self.strides = {"conv3": 4, "conv4": 8, "conv5": 8}
-        self.out_channels = 512
+        self.fc6_dilation = None if fc6_dilation is None else int(fc6_dilation)
+        if self.fc6_dilation is not None:
+            d = self.fc6_dilation
+            self.fc6 = nn.Sequential(nn.Conv2d(512, 1024, 3, padding=d, dilation=d), nn.ReLU(inplace=True),
+                                     nn.Dropout2d(0.5))  # fmt: skip
+            self.fc7 = nn.Sequential(nn.Conv2d(1024, 1024, 1), nn.ReLU(inplace=True))
+            self.channels["fc7"], self.strides["fc7"] = 1024, 8
+        self.out_channels = self.channels[self.last]
         for stage in ["conv3", "conv4"][:frozen_stages]:
             for p in getattr(self, stage).parameters():
                 p.requires_grad_(False)
@@ -172,13 +193,18 @@ class VGG16Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         out = {"conv3": self.conv3(x)}
-        out["conv4"] = self.conv4(out["conv3"])
-        out["conv5"] = self.conv5(out["conv4"])
+        if self.fc6_dilation is None:
+            out["conv4"] = self.conv4(out["conv3"])
+            out["conv5"] = self.conv5(out["conv4"])
+            return out
+        out["conv4"] = self.conv4[:-1](out["conv3"])  # PSA's vgg16d: conv4 before pool4
+        out["conv5"] = self.conv5(self.conv4[-1](out["conv4"]))
+        out["fc7"] = self.fc7(self.fc6(out["conv5"]))
         return out
 
     @property
     def last(self) -> str:
-        return "conv5"
+        return "conv5" if self.fc6_dilation is None else "fc7"
 
     def load_torchvision_state(self, state: dict[str, Tensor], source: str = "weights") -> None:
         """Load torchvision's ``vgg16`` state dict (``features.<i>.*``; ``classifier.*``, the
@@ -218,6 +244,7 @@ def build_backbone(
     name: str, output_stride: int, weights: str | None = None, frozen_stages: int = 0,
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
     frozen_bn: bool = False, dilate: bool = True, deeplab_pools: bool = False,
+    fc6_dilation: int | None = None,
 ) -> nn.Module:
     """Build a backbone by name (the ``_target_`` of ``conf/backbone/*.yaml``).
 
@@ -241,13 +268,18 @@ def build_backbone(
         deeplab_pools: VGG-16 only: DeepLab-LargeFOV's pooling (3x3 stride-2 pools with padding
             1, and after conv5 a 3x3 stride-1 max pool and a 3x3 average pool), as SEC's
             network; no parameters change. Default False (torchvision's 2x2 pools).
+        fc6_dilation: VGG-16 only: PSA's ``vgg16d`` fc6/fc7 layers with this fc6 dilation (1:
+            PSA's VGG-16 classifier, 4: its AffinityNet; needs ``deeplab_pools``), see
+            :class:`VGG16Backbone`. Default None (no fc layers).
     """
     if name == "efficientnet_lite0":  # conf/backbone/efficientnet_lite0.yaml targets it directly
         from wsss.models.efficientnet import build_efficientnet_lite0
 
         return build_efficientnet_lite0(output_stride, weights, frozen_stages, mean, std, name, frozen_bn,
                                         dilate, deeplab_pools)
-    model = _build(name, output_stride, weights, frozen_stages, frozen_bn, dilate, deeplab_pools)
+    if fc6_dilation is not None and name != "vgg16":
+        raise ValueError(f"backbone.fc6_dilation is for vgg16 (PSA's vgg16d), not {name!r}")
+    model = _build(name, output_stride, weights, frozen_stages, frozen_bn, dilate, deeplab_pools, fc6_dilation)
     model.mean, model.std = tuple(mean), tuple(std)
     return model
 
@@ -317,11 +349,12 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], source: str = "w
 
 
 def _build(name: str, output_stride: int, weights: str | None, frozen_stages: int,
-           frozen_bn: bool, dilate: bool = True, deeplab_pools: bool = False) -> nn.Module:  # fmt: skip
+           frozen_bn: bool, dilate: bool = True, deeplab_pools: bool = False,
+           fc6_dilation: int | None = None) -> nn.Module:  # fmt: skip
     if name in _RESNETS:
         model: nn.Module = ResNetBackbone(name, output_stride, frozen_stages, frozen_bn, dilate)
     elif name == "vgg16":
-        model = VGG16Backbone(output_stride, frozen_stages, deeplab_pools)
+        model = VGG16Backbone(output_stride, frozen_stages, deeplab_pools, fc6_dilation)
     elif name == "resnet38":
         from wsss.models.resnet38 import STAGES, ResNet38
 

@@ -104,6 +104,12 @@ def load_cams(cam_dir: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     return cams, keys
 
 
+def load_strided_cams(cam_dir: Path, image_id: str) -> np.ndarray | None:
+    """IRN's stride-4 CAMs ``(K, h, w)`` float32 of one image (make_cam ``upsample=irn``), or None."""
+    arrays = load_npz(cam_file(cam_dir, image_id))
+    return arrays["strided"].astype(np.float32) if "strided" in arrays else None
+
+
 def cam_file(cam_dir: Path, image_id: str) -> Path:
     path = cam_dir / f"{image_id}.npz"
     if not path.is_file():

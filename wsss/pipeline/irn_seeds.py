@@ -18,6 +18,15 @@ def stride4_cams(cams: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return small / (small.amax(dim=(-2, -1), keepdim=True) + 1e-5)
 
 
+def walk_seeds(cams: torch.Tensor, strided: torch.Tensor | None, floor: float | None,
+               grid: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+    """The walk's stride-4 seeds: make_cam's own stride-4 CAMs (``upsample=irn``, IRN's ``cam``)
+    when stored and on the ``grid``, else the full-resolution ``cams`` area-resized to it."""
+    if strided is not None and tuple(strided.shape[-2:]) == tuple(grid) and len(strided) == len(cams):
+        return floored(strided.float(), floor)
+    return stride4_cams(floored(cams, floor), grid)
+
+
 def seed_floor(ctx: StageContext, floor: float | str | None) -> float | None:
     """``None``, a number, or ``"eval_cam"``: the background threshold of the stage read as
     ``threshold`` (eval_cam's held-out choice)."""

@@ -32,5 +32,9 @@ def load_release(ctx: StageContext, model: torch.nn.Module) -> dict[str, Any] | 
         )
     load_official(model, path, fmt)
     save_model(model, ctx.out_dir / MODEL_FILE)
-    return {"from_checkpoint": str(path), "checkpoint_format": fmt, "epochs": 0,
-            "includes": f"released weights ({fmt}), not trained here"}  # fmt: skip
+    metrics = {"from_checkpoint": str(path), "checkpoint_format": fmt, "epochs": 0,
+               "includes": f"released weights ({fmt}), not trained here"}  # fmt: skip
+    shift = getattr(model, "mean_shift", None)
+    if isinstance(shift, torch.Tensor):  # IRN: the displacement mean shift train_irn.py stored
+        metrics["mean_shift"] = [float(v) for v in shift.flatten()]
+    return metrics

@@ -273,8 +273,11 @@ def plan_pipeline(cfg: DictConfig, run_dir: Path) -> tuple[list[Step], dict[str,
             step = Step(name, "reuse", remote, diff=diff)
         if step.action == "run":
             changed.add(name)
+        if step.action == "run" or step.dir == own:
+            # from_run is a prefix of the chain: once a stage is run or reused from this run (a
+            # resumed run), later stages of the earlier run were made from other inputs.
             prefix = False
-        else:
+        if step.action != "run":
             hashes[name] = (read_manifest(step.dir) or {}).get("manifest_hash")
         steps.append(step)
     if problems:

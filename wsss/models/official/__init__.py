@@ -3,18 +3,20 @@
 ``load_official(module, path, fmt)`` reads ``path`` (pickle-free) and maps it strictly onto
 ``module`` (:func:`wsss.models.official.strict.load_mapped`). Formats:
 
-=========== ================================ =============================================
-format      release file                     our module
-=========== ================================ =============================================
-``irn_cam`` IRN ``res50_cam.pth``            CAMModule, resnet50 os16, ``dilate=false``
-``irn``     IRN ``res50_irn.pth``            IRNetModule(official=True), same backbone
-``psa``     PSA ``res38_cls.pth``            CAMModule, resnet38
-``psa_aff`` PSA ``res38_aff.pth``            AffinityNetModule, resnet38 conv4/conv5/conv6
-``seam``    SEAM ``resnet38_SEAM.pth``         SEAMModule, resnet38
-``eps``     EPS VOC/COCO checkpoint          EPSModule, resnet38
-``oaa``     OAA / OAA+ VGG-16 classifier     OAAModule / IAMModule, vgg16
-``sec``     SEC_pytorch DeepLab-LargeFOV     SECModule, vgg16 ``deeplab_pools=true``
-=========== ================================ =============================================
+=============== ================================== =============================================
+format          release file                       our module
+=============== ================================== =============================================
+``irn_cam``     IRN ``res50_cam.pth``              CAMModule, resnet50 os16, ``dilate=false``
+``irn``         IRN ``res50_irn.pth``              IRNetModule(official=True), same backbone
+``psa``         PSA ``res38_cls.pth``              CAMModule, resnet38
+``psa_aff``     PSA ``res38_aff.pth``              AffinityNetModule, resnet38 conv4/conv5/conv6
+``psa_vgg``     PSA VGG-16 classifier (vgg16_cls)  CAMModule(sqrt_cam), vgg16 ``fc6_dilation=1``
+``psa_aff_vgg`` PSA VGG-16 AffinityNet (vgg16_aff) AffinityNetModule, vgg16 ``fc6_dilation=4``
+``seam``        SEAM ``resnet38_SEAM.pth``         SEAMModule, resnet38
+``eps``         EPS VOC/COCO checkpoint            EPSModule, resnet38
+``oaa``         OAA / OAA+ VGG-16 classifier       OAAModule / IAMModule, vgg16
+``sec``         SEC_pytorch DeepLab-LargeFOV       SECModule, vgg16 ``deeplab_pools=true``
+=============== ================================== =============================================
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ _LOADERS = {
     "irn": "irn:load_irn",
     "psa": "psa:load_psa_cls",
     "psa_aff": "psa:load_psa_aff",
+    "psa_vgg": "psa:load_psa_vgg",
+    "psa_aff_vgg": "psa:load_psa_aff_vgg",
     "seam": "seam_eps:load_seam",
     "eps": "seam_eps:load_eps",
     "oaa": "vgg:load_oaa",

@@ -3,6 +3,8 @@
 The network is the fit stage read as ``model`` (``train_cls``: ``cfg.method``; any other fit
 stage: its ``module`` node, e.g. OAA+'s ``train_iam``). Covers the pseudo-label split, the evaluated split and the held-out threshold subset, each
 image once (files an interrupted attempt completed are kept). CAMs are ReLU'd, restricted to the image's classes and max-normalised per class.
+``resize``/``upsample`` (conf/stage/make_cam.yaml; :class:`~wsss.pipeline.cam_inference.CAMInference`)
+reproduce PSA's and IRN's per-scale image preparation and CAM sizes exactly.
 """
 
 from __future__ import annotations
@@ -35,10 +37,17 @@ def run(ctx: StageContext) -> dict:
         loader = DataLoader(subset, batch_size=1, num_workers=ctx.cfg.data.module.num_workers,
                             collate_fn=collate_single)
         trainer = ctx.trainer(callbacks=[CAMWriter(cam_dir)], logger=False)
-        trainer.predict(CAMInference(classifier, p.scales, p.flip), loader, return_predictions=False)
+        data = ctx.cfg.data.module
+        inference = CAMInference(classifier, p.scales, p.flip, resize=p.get("resize", "tensor"),
+                                 upsample=p.get("upsample", "image"), mean=list(data.mean), std=list(data.std))  # fmt: skip
+        trainer.predict(inference, loader, return_predictions=False)
     model = ctx.read_stage("model")
+    resize, upsample = p.get("resize", "tensor"), p.get("upsample", "image")
     includes = (f"CAMs of the {model} model at scales {list(p.scales)}"
-                + (" + flip" if p.flip else " (no flip)") + ", no CRF")
+                + (" + flip" if p.flip else " (no flip)")
+                + (", PIL-bicubic rescaled inputs" if resize == "pil_bicubic" else "")
+                + (", IRN's stride-4 and high-res CAM sizes" if upsample == "irn" else "") + ", no CRF")
     return {"num_images": len(dataset), "num_predicted": len(subset),
             "num_resumed": len(dataset) - len(subset), "scales": list(p.scales), "flip": bool(p.flip),
+            "resize": resize, "upsample": upsample,
             "splits": list(p.splits), "cam_dir": "cams", "model": model, "includes": includes}

@@ -24,8 +24,16 @@ from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from
 from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
-from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, stage_images, with_gt
-from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
+from wsss.pipeline.image_sets import (
+    eval_ids,
+    load_cams,
+    load_strided_cams,
+    no_gt_note,
+    source,
+    stage_images,
+    with_gt,
+)
+from wsss.pipeline.irn_seeds import STRIDE, seed_floor, walk_seeds
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
 from wsss.pipeline.per_image import done_npz
 
@@ -40,6 +48,11 @@ def gt_instances(src, image_id: str) -> tuple[np.ndarray, np.ndarray, str]:
         return found[0], found[1], src.INSTANCE_GT
     masks, labels = instances_from_semantic(src.load_mask(image_id))
     return masks, labels, "semantic"
+
+
+def _strided(cam_dir, name: str) -> torch.Tensor | None:
+    strided = load_strided_cams(cam_dir, name)
+    return None if strided is None else torch.from_numpy(strided)
 
 
 def run(ctx: StageContext) -> dict:
@@ -74,7 +87,7 @@ def _run(ctx: StageContext) -> dict:
             boundary, displacement = model.edge_displacement(item["image"])
             instance_map = instances_from_displacement(displacement, p.displacement_threshold, p.n_iter)
             result = instance_masks_from_walk(
-                stride4_cams(floored(cams, floor), tuple(boundary.shape)), keys, boundary, instance_map, size,
+                walk_seeds(cams, _strided(cam_dir, name), floor, tuple(boundary.shape)), keys, boundary, instance_map, size,
                 radius=p.radius, beta=p.beta, exp_times=p.exp_times, bg_threshold=bg,
                 min_fragment_ratio=p.min_fragment_ratio, stride=STRIDE,
             )

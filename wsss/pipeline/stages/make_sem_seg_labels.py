@@ -1,8 +1,9 @@
 """Stage `make_sem_seg_labels`: IRN semantic pseudo labels (``make_sem_seg_labels.py``, docs/methods.md, "IRNet").
 
 Per image: IRNet boundary ``B`` = sigmoid of the mean of the image's and the flipped-back flip's
-logits (stride 4); stride-4 CAMs (the full-resolution CAMs area-resized to the boundary grid and
-re-max-normalised, standing in for IRN's separately stored ``cam``); random walk of
+logits (stride 4); stride-4 CAMs (IRN's separately stored ``cam``: make_cam's ``strided`` with
+``stages.make_cam.upsample=irn``, else the full-resolution CAMs area-resized to the boundary grid
+and re-max-normalised); random walk of
 ``cams x (1 - B)`` with ``a_ij = 1 - max_path B`` (radius 5, beta 10, 2^8 steps); x4 bilinear
 upsampling, global-max normalisation, constant background 0.25, argmax -> PNG (0..20, no 255).
 ``miou_seeds`` is the full-resolution (floored) CAMs with the same 0.25 background and no walk.
@@ -28,12 +29,13 @@ from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import (
     images_of,
     load_cams,
+    load_strided_cams,
     source,
     stage_images,
     threshold_ids,
     with_gt,
 )
-from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, stride4_cams
+from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, walk_seeds
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
 from wsss.pipeline.per_image import done_label
 from wsss.pipeline.protocol import MissingGroundTruthError
@@ -46,11 +48,12 @@ def run(ctx: StageContext) -> dict:
 
 
 def walk_scores(model: torch.nn.Module, item: dict, cams: torch.Tensor, floor: float | None,
-                p) -> torch.Tensor:  # fmt: skip
+                p, strided: np.ndarray | None = None) -> torch.Tensor:  # fmt: skip
     """Upsampled IRN walk scores ``(K, H, W)`` of one image (divide by the global max and prepend
-    a constant background to get the label)."""
+    a constant background to get the label). ``strided``: make_cam's stride-4 CAMs, if stored."""
     boundary, _ = model.edge_displacement(item["image"])
-    scores = irn_semantic_scores(stride4_cams(floored(cams, floor), tuple(boundary.shape)), boundary,
+    seeds = walk_seeds(cams, None if strided is None else torch.from_numpy(strided), floor, tuple(boundary.shape))
+    scores = irn_semantic_scores(seeds, boundary,
                                  p.radius, p.beta, p.exp_times, p.get("sources", "all"))  # fmt: skip
     return upsample_scores(scores, item["size"], STRIDE)
 
@@ -72,7 +75,7 @@ def holdout_bg_threshold(ctx: StageContext, model: torch.nn.Module, cam_dir, flo
     for index in progress(range(len(dataset)), desc="make_sem_seg_labels[holdout]", leave=False):
         item = dataset[index]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, item["name"]))
-        scores = walk_scores(model, item, cams, floor, ctx.params)
+        scores = walk_scores(model, item, cams, floor, ctx.params, load_strided_cams(cam_dir, item["name"]))
         scores = scores / scores.amax().clamp_min(1e-12) if scores.numel() else scores
         gt = torch.from_numpy(gt_src.load_mask(item["name"]).astype(np.int64))
         sweep.update(scores, keys, gt)
@@ -101,7 +104,8 @@ def _run(ctx: StageContext) -> dict:
         path = ctx.out_dir / "labels" / f"{name}.png"
         label = done_label(path)  # written by an interrupted attempt
         if label is None:
-            label = irn_scores_to_label(walk_scores(model, item, cams, floor, p), keys, bg)
+            strided = load_strided_cams(cam_dir, name)
+            label = irn_scores_to_label(walk_scores(model, item, cams, floor, p, strided), keys, bg)
             label = label.numpy().astype(np.uint8)
             save_label_png(path, label)
         walked.update(name, label)
