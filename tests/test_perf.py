@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss import perf
-from wsss.functional.cam import multiscale_cam
+from wsss.functional.cam import multiscale_cam, normalize_cam
 from wsss.methods.cam import CAMModule
 from wsss.pipeline.context import load_model, save_model
 
@@ -33,10 +33,12 @@ def _classifier() -> CAMModule:
 
 
 def test_configure_forms_and_errors() -> None:
-    assert perf.settings() == perf.PerfSettings(False, True, False)
+    assert perf.settings() == perf.PerfSettings(False, True, False, True, True)
     assert perf.configure({"channels_last": True}) == perf.PerfSettings(True, True, False)
     assert perf.configure({"channels_last": {"fit": True, "predict": False}, "compile": True}) == \
         perf.PerfSettings(True, False, True)
+    assert perf.configure({"fold_bn": False, "onednn_conv": False}) == \
+        perf.PerfSettings(False, True, False, False, False)
     assert perf.configure({"channels_last": {"predict": False}}).channels_last_fit is False
     with pytest.raises(KeyError, match="unknown keys"):
         perf.configure({"channel_last": True})
@@ -125,3 +127,117 @@ def test_callback_converts_module_and_batches_per_phase(fit_cl: bool) -> None:
     L.Trainer(max_epochs=1, callbacks=[perf.PerfCallback(settings)], **kwargs).fit(module, _loader())
     L.Trainer(callbacks=perf.callbacks(), **kwargs).predict(module, _loader())
     assert module.seen == [("fit", fit_cl, fit_cl), ("predict", True, True)]
+
+
+def _cams(model, image) -> torch.Tensor:
+    return multiscale_cam(model.cam, image, scales=(1.0, 0.5, 1.5))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@torch.no_grad()
+def test_fold_batchnorm_gives_the_same_cams(frozen: bool) -> None:
+    model = _classifier()
+    if frozen:  # IRN's FrozenBatchNorm2d everywhere
+        from wsss.models.norm import FrozenBatchNorm2d, freeze_batchnorm
+
+        freeze_batchnorm(model.backbone)
+        assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    image = torch.randn(1, 3, 29, 37)
+    reference = _cams(model, image)
+    assert perf.fold_batchnorm(model) == 20  # ResNet-18: stem + 2 per block + 3 downsamples
+    assert not any("BatchNorm" in type(m).__name__ for m in model.modules())
+    assert perf.fold_batchnorm(model) == 0  # already folded
+    folded = _cams(model, image)
+    assert (folded - reference).abs().max() <= 1e-5 * reference.abs().max()
+    assert not torch.equal(folded, reference)  # really another computation
+
+
+class _Shared(nn.Module):
+    """conv1's output feeds the BN and the output; conv2 runs twice; bn3 trains; a data-dependent
+    branch makes ``forward`` untraceable, so only the traceable child is folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.conv3, self.bn3 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.inner = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv1(x)
+        y = self.bn1(a) + a
+        y = self.bn2(self.conv2(self.conv2(y)))
+        if y.sum() > 0:  # not symbolically traceable
+            y = y + 1
+        return self.inner(self.bn3(self.conv3(y)))
+
+
+@torch.no_grad()
+def test_fold_batchnorm_only_folds_safe_pairs() -> None:
+    torch.manual_seed(0)
+    model = _Shared().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.bn3.train()  # batch statistics: not a fixed affine map
+    x = torch.randn(2, 3, 9, 11)
+    reference = model(x)
+    assert perf.fold_batchnorm(model) == 1
+    assert isinstance(model.inner[1], nn.Identity) and model.inner[0].bias is not None
+    assert all(isinstance(m, nn.BatchNorm2d) for m in (model.bn1, model.bn2, model.bn3))
+    torch.testing.assert_close(model(x), reference, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_onednn_convolutions_keep_state_and_results() -> None:
+    model = _classifier()
+    image = torch.randn(1, 3, 29, 37)
+    reference = _cams(model, image)
+    keys = list(model.state_dict())
+    # layer4's downsample (stride 1 at OS16) and the 1x1 classifier
+    assert perf.use_onednn_convolutions(model) == 2
+    assert list(model.state_dict()) == keys
+    assert isinstance(model.backbone.layer4[0].downsample[0], perf.OneDNNConv2d)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # where PyTorch itself would pick its native 1x1 kernel
+    try:
+        out = _cams(model, image)
+    finally:
+        torch.set_num_threads(previous)
+    assert (out - reference).abs().max() <= 1e-5 * reference.abs().max()
+    with torch.enable_grad():  # training keeps the usual path (and its gradients)
+        model.backbone.layer4[0].downsample[0](torch.randn(1, 256, 4, 4, requires_grad=True)).sum().backward()
+
+
+def test_prediction_trainer_runs_the_prepared_network() -> None:
+    """make_cam's path: Trainer.predict of CAMInference folds, routes and converts the network."""
+    from wsss.pipeline.cam_inference import CAMInference
+
+    model = _classifier()
+    image = torch.randn(3, 29, 37)
+    labels = torch.zeros(5)
+    labels[[1, 3]] = 1
+    with torch.no_grad():
+        reference = normalize_cam(_per_pass_reference(model, image[None], (1.0, 0.5))[[1, 3]])
+    loader = torch.utils.data.DataLoader([{"name": "a", "image": image, "labels": labels}], batch_size=1)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=perf.callbacks())  # fmt: skip
+    (out,) = trainer.predict(CAMInference(model, (1.0, 0.5), flip=True), loader)
+    assert out[0]["keys"].tolist() == [1, 3]
+    assert (out[0]["cams"] - reference).abs().max() <= 1e-5
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert model.classifier.weight.is_contiguous(memory_format=CL)
+
+
+def test_config_perf_node_validates_and_recipes_choose_folding() -> None:
+    from tests.conftest import compose_cfg
+
+    small = compose_cfg(tiny=False)  # the default run: bit-identical numbers, no folding
+    assert perf.configure(small.perf) == perf.PerfSettings(False, True, False, False, True)
+    paper = compose_cfg(["recipe=paper"], tiny=False)  # VOC-size ResNets: folding pays
+    assert perf.configure(paper.perf) == perf.PerfSettings(False, True, False, True, True)
+    with pytest.raises(KeyError, match="unknown keys"):
+        perf.configure({**small.perf, "fold": True})

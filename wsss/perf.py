@@ -5,7 +5,9 @@ Methods (LightningModules) know nothing about memory formats or compilation. The
 
 * every Trainer built by ``StageContext.trainer`` gets :class:`PerfCallback`, which converts the
   module (and each batch's ``image``) to ``channels_last`` when fitting / predicting as set, and
-  optionally ``torch.compile``\\ s the backbone;
+  optionally ``torch.compile``\\ s the backbone; before a prediction (``make_cam``) it also folds
+  eval BatchNorms into convolutions and sends 1x1 convolutions to oneDNN
+  (:func:`prepare_for_predict`);
 * every model loaded for inference (``wsss.pipeline.context.load_model``: CAMs outside
   ``make_cam``, evaluation, walks, ...) goes through :func:`prepare_for_inference`.
 
@@ -17,18 +19,20 @@ kernels, so results agree to float rounding (CAMs: max abs diff ~1e-6 of maps of
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PerfCallback", "PerfSettings", "callbacks", "configure", "prepare_for_inference",
-           "settings", "to_channels_last"]
+__all__ = ["OneDNNConv2d", "PerfCallback", "PerfSettings", "callbacks", "configure", "fold_batchnorm",
+           "images_to_channels_last", "prepare_for_inference", "prepare_for_predict", "settings",
+           "to_channels_last", "use_onednn_convolutions"]
 
 
 @dataclass(frozen=True)
@@ -42,11 +46,19 @@ class PerfSettings:
             CAMs on CPU take 0.69x the time of NCHW at 500x375, 0.97x at 250x188.
         compile: ``torch.compile`` the backbone for fits and Trainer predictions (GPU; needs
             a C++ toolchain on CPU, pays off only for long runs).
+        fold_bn: fold eval BatchNorms into the preceding convolutions for Trainer predictions
+            (``make_cam``'s multi-scale CAMs; :func:`fold_batchnorm`). Off in the small recipe
+            (conf/recipe/small.yaml), whose results it would move in the last digits.
+        onednn_conv: Trainer predictions run every CPU float32 convolution through oneDNN
+            (:func:`use_onednn_convolutions`); PyTorch's own heuristic sends 1x1 convolutions to
+            its native kernel when it has one thread, which is slower in NHWC.
     """
 
     channels_last_fit: bool = False
     channels_last_predict: bool = True
     compile: bool = False
+    fold_bn: bool = True
+    onednn_conv: bool = True
 
 
 _SETTINGS = PerfSettings()
@@ -59,9 +71,10 @@ def configure(node: Mapping[str, Any] | None) -> PerfSettings:
     """
     global _SETTINGS
     node = dict(node or {})
-    unknown = set(node) - {"channels_last", "compile"}
+    unknown = set(node) - {"channels_last", "compile", "fold_bn", "onednn_conv"}
     if unknown:
-        raise KeyError(f"perf has unknown keys {sorted(unknown)}; expected channels_last, compile")
+        raise KeyError(f"perf has unknown keys {sorted(unknown)}; expected channels_last, compile, "
+                       "fold_bn, onednn_conv")
     fit, predict = PerfSettings.channels_last_fit, PerfSettings.channels_last_predict
     value = node.get("channels_last")
     if isinstance(value, bool):
@@ -72,7 +85,9 @@ def configure(node: Mapping[str, Any] | None) -> PerfSettings:
             raise KeyError(f"perf.channels_last takes fit / predict, got {sorted(value)}")
         fit, predict = bool(value.get("fit", fit)), bool(value.get("predict", predict))
     _SETTINGS = PerfSettings(channels_last_fit=fit, channels_last_predict=predict,
-                             compile=bool(node.get("compile", False)))
+                             compile=bool(node.get("compile", False)),
+                             fold_bn=bool(node.get("fold_bn", PerfSettings.fold_bn)),
+                             onednn_conv=bool(node.get("onednn_conv", PerfSettings.onednn_conv)))
     return _SETTINGS
 
 
@@ -92,7 +107,134 @@ def prepare_for_inference(module: nn.Module) -> nn.Module:
     return module
 
 
-def _images_to_channels_last(batch: Any) -> None:
+def _foldable_bn(module: nn.Module) -> bool:
+    from wsss.models.norm import FrozenBatchNorm2d
+
+    if isinstance(module, FrozenBatchNorm2d):
+        return True
+    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training
+            and module.running_mean is not None and module.running_var is not None)
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from wsss.models.norm import FrozenBatchNorm2d
+
+        return isinstance(m, FrozenBatchNorm2d) or super().is_leaf_module(m, qualname)
+
+
+@torch.no_grad()
+def _fold_pair(conv: nn.Conv2d, bn: nn.Module) -> None:
+    """``conv`` followed by ``bn`` (eval) as one convolution: scale the weights, shift the bias."""
+    var, mean = bn.running_var.double(), bn.running_mean.double()
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma * (var + bn.eps).rsqrt()
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
+    conv.weight.copy_(conv.weight.double() * scale.view(-1, *([1] * (conv.weight.ndim - 1))))
+    new_bias = ((bias - mean) * scale + beta).to(conv.weight.dtype)
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias, requires_grad=conv.weight.requires_grad)
+    else:
+        conv.bias.copy_(new_bias)
+
+
+def _fold_in(module: nn.Module, uses: Counter) -> int:
+    try:
+        graph = _Tracer().trace(module)
+    except Exception:  # noqa: BLE001 - untraceable code: look inside the children instead
+        return sum(_fold_in(child, uses) for child in module.children())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    folded = 0
+    for node in graph.nodes:
+        if node.op != "call_module" or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if user.op != "call_module" or user.args != (node,) or user.kwargs:
+            continue
+        conv, bn = module.get_submodule(node.target), module.get_submodule(user.target)
+        if (type(conv) is not nn.Conv2d or not _foldable_bn(bn) or calls[node.target] != 1
+                or calls[user.target] != 1 or uses[id(conv)] != 1 or uses[id(bn)] != 1
+                or bn.running_var.shape[0] != conv.out_channels):
+            continue
+        _fold_pair(conv, bn)
+        parent, _, name = str(user.target).rpartition(".")
+        setattr(module.get_submodule(parent), name, nn.Identity())
+        folded += 1
+    return folded
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm that directly follows a convolution into that convolution.
+
+    For inference only (in place; the module must not be trained or saved afterwards): the
+    convolution gets ``W' = W * s`` and ``b' = (b - mean) * s + beta`` with
+    ``s = gamma / sqrt(var + eps)`` (float64), and the BatchNorm becomes ``nn.Identity``, which
+    saves a full pass over every activation. Results agree with the unfolded network to float
+    rounding (~1e-6 relative; ``tests/test_perf.py``). Pairs are found on a ``torch.fx`` trace:
+    a ``Conv2d`` whose only consumer is the BatchNorm, each module called once in the whole
+    network. A part that cannot be traced is searched child by child; what stays untraceable is
+    left unfolded. Handles ``nn.BatchNorm2d`` in eval mode and
+    :class:`~wsss.models.norm.FrozenBatchNorm2d`. Calling it again does nothing.
+
+    Returns:
+        The number of BatchNorm layers folded.
+    """
+    if getattr(module, "_wsss_bn_folded", False):
+        return 0
+    uses = Counter(id(m) for _, m in module.named_modules(remove_duplicate=False))
+    folded = _fold_in(module, uses)
+    module._wsss_bn_folded = True
+    log.debug("folded %d BatchNorm layers into convolutions", folded)
+    return folded
+
+
+class OneDNNConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose CPU float32 inference forward always uses oneDNN
+    (``torch.mkldnn_convolution``); anything else (GPU, other dtypes, gradients, non-zero padding
+    modes) takes the usual path. Same parameters and state_dict as ``nn.Conv2d``."""
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if (input.device.type == "cpu" and input.dtype == torch.float32 and weight.dtype == torch.float32
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and not torch.is_grad_enabled() and input.ndim == 4):
+            return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride,
+                                            self.dilation, self.groups)
+        return super()._conv_forward(input, weight, bias)
+
+
+def use_onednn_convolutions(module: nn.Module) -> int:
+    """Turn the 1x1 stride-1 ``nn.Conv2d`` layers of an inference module into :class:`OneDNNConv2d`
+    (in place; returns how many). Those are the convolutions PyTorch runs with its native kernel
+    on one thread (other shapes already go to oneDNN); on NHWC inputs that kernel is slower
+    (``bench/run_all.py`` CAM row). With more threads PyTorch picks oneDNN itself, so results
+    are the same bits; on one thread they agree to float rounding."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    count = 0
+    for m in module.modules():
+        if (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1)
+                and m.dilation == (1, 1)):
+            m.__class__ = OneDNNConv2d
+            count += 1
+    return count
+
+
+def prepare_for_predict(module: nn.Module, perf: PerfSettings | None = None) -> nn.Module:
+    """What every Trainer prediction (``make_cam``) runs on, in place: eval BatchNorms folded
+    (``fold_bn``), 1x1 convolutions through oneDNN (``onednn_conv``), NHWC
+    (``channels_last.predict``). For inference only: call on an eval-mode module that is not
+    trained or saved afterwards."""
+    perf = perf or _SETTINGS
+    if perf.fold_bn:
+        fold_batchnorm(module)
+    if perf.onednn_conv:
+        use_onednn_convolutions(module)
+    return to_channels_last(module) if perf.channels_last_predict else module
+
+
+def images_to_channels_last(batch: Any) -> None:
+    """A batch dict's 4-D ``image`` made NHWC (in place), as every channels_last phase feeds it."""
     if isinstance(batch, dict):
         image = batch.get("image")
         if isinstance(image, torch.Tensor) and image.ndim == 4:
@@ -121,19 +263,23 @@ class PerfCallback(L.Callback):
         self._setup(pl_module, self.perf.channels_last_fit)
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Trainer.predict runs in eval mode (Lightning sets it before this hook); the folded
+        # module is for inference only (make_cam's CAMInference wraps a loaded classifier).
+        if not pl_module.training:
+            prepare_for_predict(pl_module, self.perf)
         self._setup(pl_module, self.perf.channels_last_predict)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._phase_cl:
-            _images_to_channels_last(batch)
+            images_to_channels_last(batch)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if self._phase_cl:
-            _images_to_channels_last(batch)
+            images_to_channels_last(batch)
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if self._phase_cl:
-            _images_to_channels_last(batch)
+            images_to_channels_last(batch)
 
 
 def callbacks() -> list[L.Callback]:

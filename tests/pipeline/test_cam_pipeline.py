@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -15,14 +17,17 @@ STAGES = ["train_cls", "make_cam", "eval_cam", "make_pseudo_labels", "train_seg"
 
 
 @pytest.mark.slow
-def test_cam_chain_writes_every_artifact(tiny_cfg, tmp_path) -> None:
+def test_cam_chain_writes_every_artifact(tiny_cfg, tmp_path, caplog) -> None:
     cfg = tiny_cfg()
     run_dir = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="wsss.pipeline.runner")
     results = run_pipeline(cfg, run_dir)
     assert list(results) == STAGES
     for stage in STAGES:
         metrics = json.loads((run_dir / "stages" / stage / "metrics.json").read_text())
         assert metrics["stage"] == stage
+        # train.log says how long every stage took
+        assert re.search(rf"stage {stage} done in {metrics['seconds']:.1f} s wall, \d+\.\d s CPU", caplog.text)
     assert (run_dir / "stages/train_cls/model.pt").is_file()
 
     cams = sorted((run_dir / "stages/make_cam/cams").glob("*.npz"))

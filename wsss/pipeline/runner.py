@@ -150,10 +150,12 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         log.info("stage %s", name)
         ctx = StageContext(cfg, name, run_dir, loggers=make_loggers(cfg, name, run_dir),
                            sources=sources)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         try:
             metrics = _run_stage(cfg, ctx)
             metrics["seconds"] = round(time.perf_counter() - start, 1)
+            log.info("stage %s done in %.1f s wall, %.1f s CPU (this process + finished workers)",
+                     name, metrics["seconds"], _cpu_seconds() - cpu_start)
             # Every scalar a stage reports also reaches its loggers (CSV / W&B summary).
             ctx.log_metrics({k: v for k, v in metrics.items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -172,6 +174,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         write_json(run_dir / REUSED_FILE, reused)  # every stage was reused
     print_summary(results)
     return results
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its reaped children (loader workers)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _stage_module(cfg: DictConfig, name: str) -> Any:
