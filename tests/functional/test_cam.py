@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -160,3 +161,47 @@ def test_multiscale_cam_downsampling_model_and_errors() -> None:
         multiscale_cam(Pool(), torch.ones(2, 3, 8, 8))
     with pytest.raises(ValueError):
         multiscale_cam(Pool(), torch.ones(1, 3, 8, 8), scales=())
+
+
+def _seam_infer_normalisation(sum_cam: np.ndarray) -> np.ndarray:
+    """The lines of SEAM's infer_SEAM.py that normalise the summed CAMs (transcribed, numpy)."""
+    sum_cam = sum_cam.copy()
+    sum_cam[sum_cam < 0] = 0
+    cam_max = np.max(sum_cam, (1, 2), keepdims=True)
+    cam_min = np.min(sum_cam, (1, 2), keepdims=True)
+    sum_cam[sum_cam < cam_min + 1e-5] = 0
+    return (sum_cam - cam_min - 1e-5) / (cam_max - cam_min + 1e-5)
+
+
+def test_minmax_normalisation_matches_seam_infer() -> None:
+    from wsss.functional.cam import normalize_cam, normalize_cam_minmax
+
+    gen = torch.Generator().manual_seed(0)
+    cams = torch.randn(3, 7, 9, generator=gen, dtype=torch.float64) * 2
+    cams[1] = cams[1].abs() + 0.5  # positive everywhere: min-max differs from max-normalisation
+    cams[2, :, :4] = 0.0  # exact zeros
+    ours = normalize_cam_minmax(cams.float())
+    official = _seam_infer_normalisation(cams.float().numpy())
+    assert ours.dtype == torch.float32 and ours.shape == cams.shape
+    np.testing.assert_allclose(ours.numpy(), official, rtol=1e-6, atol=1e-7)
+    assert float(ours[1].min()) < 0 < float(normalize_cam(cams.float())[1].min())  # floor removed
+    assert float(ours[0].max()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_cam_inference_normalize_option() -> None:
+    from wsss.functional.cam import normalize_cam_minmax
+    from wsss.pipeline.cam_inference import CAMInference
+
+    class Fixed(torch.nn.Module):
+        def cam(self, x: torch.Tensor) -> torch.Tensor:  # 2 classes, positive everywhere for class 1
+            b, _, h, w = x.shape
+            ramp = torch.linspace(0, 1, w).expand(b, 1, h, w)
+            return torch.cat([ramp, ramp + 0.5], 1)
+
+    batch = {"name": ["a"], "image": torch.zeros(1, 3, 8, 8), "labels": torch.tensor([[1.0, 1.0]])}
+    out = CAMInference(Fixed(), [1.0], flip=False, normalize="minmax").predict_step(batch, 0)[0]
+    expected = normalize_cam_minmax(Fixed().cam(batch["image"])[0])
+    torch.testing.assert_close(out["cams"], expected)
+    assert float(out["cams"][1].min()) < 0  # the +0.5 floor is removed, unlike max-normalisation
+    with pytest.raises(ValueError, match="stages.make_cam.normalize"):
+        CAMInference(Fixed(), [1.0], flip=False, normalize="softmax")

@@ -165,3 +165,15 @@ def test_resumed_run_prefers_its_own_stages_over_from_run(base_run: Path, synthe
     assert results["eval_cam"]["threshold"] == 0.3
     assert (run_dir / "stages/eval_cam/manifest.json").is_file()
     assert not (run_dir / "stages/train_cls").exists()  # still reused from X
+
+
+def test_added_stage_keys_at_their_old_behaviour_keep_earlier_runs_reusable(synthetic_root: Path,
+                                                                            tmp_path: Path) -> None:
+    from wsss.pipeline.manifest import stage_config
+
+    cfg = _cfg(synthetic_root, tmp_path / "logs")
+    default = stage_config(cfg, "make_cam")
+    assert "normalize" not in default and "resize" not in default and default["scales"]
+    seam = _cfg(synthetic_root, tmp_path / "logs", "stages.make_cam.normalize=minmax")
+    assert stage_config(seam, "make_cam")["normalize"] == "minmax"
+    assert fingerprint(seam, "make_cam")["config_hash"] != fingerprint(cfg, "make_cam")["config_hash"]

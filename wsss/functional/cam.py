@@ -28,6 +28,7 @@ __all__ = [
     "irn_multiscale_cam",
     "multiscale_cam",
     "normalize_cam",
+    "normalize_cam_minmax",
     "restrict_to_keys",
 ]
 
@@ -86,6 +87,34 @@ def normalize_cam(cams: Tensor, eps: float = 1e-5) -> Tensor:
         raise ValueError(f"cams must be (..., h, w), got shape {tuple(cams.shape)}")
     cams = F.relu(cams.float())
     return cams / (cams.amax(dim=(-2, -1), keepdim=True) + eps)
+
+
+def normalize_cam_minmax(cams: Tensor, eps: float = 1e-5) -> Tensor:
+    """SEAM's ``infer_SEAM.py`` normalisation of summed multi-scale CAMs (per class, spatial dims).
+
+    Negative values are set to 0; with ``lo``/``hi`` the map's minimum / maximum after that, values
+    below ``lo + eps`` are set to 0 and the map becomes ``(M - lo - eps) / (hi - lo + eps)``. A map
+    that is positive everywhere thus starts at ~0 (max-normalisation would keep its floor), and the
+    zeroed pixels end slightly below 0 (``-(lo + eps) / (hi - lo + eps)``), as in the official code.
+
+    Args:
+        cams: Summed CAMs with classes on dim -3.
+        eps: SEAM's 1e-5.
+
+    Returns:
+        Float32 maps, at most ``(hi - lo - eps) / (hi - lo + eps)`` (< 1).
+
+    Shape:
+        - cams: ``(..., C, h, w)``
+        - output: same as ``cams``
+    """
+    if cams.ndim < 2:
+        raise ValueError(f"cams must be (..., h, w), got shape {tuple(cams.shape)}")
+    cams = cams.float().clamp(min=0)
+    hi = cams.amax(dim=(-2, -1), keepdim=True)
+    lo = cams.amin(dim=(-2, -1), keepdim=True)
+    cams = torch.where(cams < lo + eps, torch.zeros_like(cams), cams)
+    return (cams - lo - eps) / (hi - lo + eps)
 
 
 def restrict_to_keys(cams: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

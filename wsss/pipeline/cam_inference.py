@@ -16,11 +16,18 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from wsss.data.transforms import pil_rescale
-from wsss.functional.cam import irn_multiscale_cam, multiscale_cam, normalize_cam, restrict_to_keys
+from wsss.functional.cam import (
+    irn_multiscale_cam,
+    multiscale_cam,
+    normalize_cam,
+    normalize_cam_minmax,
+    restrict_to_keys,
+)
 from wsss.io import save_npz
 
 RESIZE_MODES = ("tensor", "pil_bicubic")
 UPSAMPLE_MODES = ("image", "irn")
+NORMALIZE_MODES = ("max", "minmax")
 
 
 def pil_scaled_inputs(raw: torch.Tensor, scales: Sequence[float], mean: Sequence[float],
@@ -47,16 +54,20 @@ class CAMInference(L.LightningModule):
     ``irn`` follows IRN's ``make_cam.py`` (:func:`~wsss.functional.cam.irn_multiscale_cam`:
     flips fused before resizing, high-res CAMs via the stride-16 padded size, and stride-4 CAMs
     returned as ``strided``; always with flips).
+    ``normalize``: ``max`` (default; IRN/PSA, :func:`~wsss.functional.cam.normalize_cam`) or
+    ``minmax`` (SEAM's ``infer_SEAM.py``, :func:`~wsss.functional.cam.normalize_cam_minmax`).
     """
 
     def __init__(self, classifier: torch.nn.Module, scales: Sequence[float], flip: bool,
-                 resize: str = "tensor", upsample: str = "image",
+                 resize: str = "tensor", upsample: str = "image", normalize: str = "max",
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:  # fmt: skip
         super().__init__()
         if resize not in RESIZE_MODES:
             raise ValueError(f"stages.make_cam.resize must be one of {RESIZE_MODES}, got {resize!r}")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"stages.make_cam.upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"stages.make_cam.normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
         if upsample == "irn" and not flip:
             raise ValueError("stages.make_cam.upsample=irn fuses each scale with its flip (IRN's CAM "
                              "network); set stages.make_cam.flip=true")  # fmt: skip
@@ -66,6 +77,7 @@ class CAMInference(L.LightningModule):
         self.scales = tuple(scales)
         self.flip = flip
         self.resize, self.upsample = resize, upsample
+        self.normalize = normalize_cam_minmax if normalize == "minmax" else normalize_cam
         self.mean, self.std = mean, std
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
@@ -88,7 +100,7 @@ class CAMInference(L.LightningModule):
                 summed = multiscale_cam(self.classifier.cam, image, scales=self.scales, flip=self.flip,
                                         prepared=prepared)  # fmt: skip
             cams, keys = restrict_to_keys(summed, batch["labels"][i])
-            item.update(keys=keys.cpu(), cams=normalize_cam(cams).cpu())
+            item.update(keys=keys.cpu(), cams=self.normalize(cams).cpu())
             out.append(item)
         return out
 

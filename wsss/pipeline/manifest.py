@@ -33,6 +33,10 @@ FORMAT = 1
 # inputs are compared by their manifests instead).
 IGNORED_STAGE_KEYS = frozenset({"num_workers", "num_threads", "all_ranks", "reads", "resume",
                                 "checkpoint_every_n_steps"})
+# Stage keys added after manifests existed, with the value that reproduces the behaviour from before
+# they existed: at that value they are left out of the config hash, so earlier runs stay reusable.
+ADDED_STAGE_KEYS: dict[str, Any] = {"resize": "tensor", "upsample": "image", "normalize": "max",
+                                    "recompute_release": False}
 # Files under a stage directory that are bookkeeping, not artifacts.
 NOT_ARTIFACTS = frozenset({MANIFEST_FILE, STARTED_FILE})
 NOT_ARTIFACT_DIRS = frozenset({"checkpoints", "csv", "wandb"})
@@ -45,7 +49,8 @@ def _container(node: Any) -> Any:
 def stage_config(cfg: DictConfig, name: str) -> dict[str, Any]:
     """The resolved config of stage ``name`` minus keys that do not shape its outputs."""
     node = _container(cfg.stages[name])
-    return {k: v for k, v in node.items() if k not in IGNORED_STAGE_KEYS}
+    return {k: v for k, v in node.items()
+            if k not in IGNORED_STAGE_KEYS and not (k in ADDED_STAGE_KEYS and v == ADDED_STAGE_KEYS[k])}
 
 
 def global_config(cfg: DictConfig, keys: Iterable[str] | None = None) -> dict[str, Any]:

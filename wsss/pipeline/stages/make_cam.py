@@ -39,15 +39,18 @@ def run(ctx: StageContext) -> dict:
         trainer = ctx.trainer(callbacks=[CAMWriter(cam_dir)], logger=False)
         data = ctx.cfg.data.module
         inference = CAMInference(classifier, p.scales, p.flip, resize=p.get("resize", "tensor"),
-                                 upsample=p.get("upsample", "image"), mean=list(data.mean), std=list(data.std))  # fmt: skip
+                                 upsample=p.get("upsample", "image"), normalize=p.get("normalize", "max"),
+                                 mean=list(data.mean), std=list(data.std))  # fmt: skip
         trainer.predict(inference, loader, return_predictions=False)
     model = ctx.read_stage("model")
     resize, upsample = p.get("resize", "tensor"), p.get("upsample", "image")
+    normalize = p.get("normalize", "max")
     includes = (f"CAMs of the {model} model at scales {list(p.scales)}"
                 + (" + flip" if p.flip else " (no flip)")
                 + (", PIL-bicubic rescaled inputs" if resize == "pil_bicubic" else "")
-                + (", IRN's stride-4 and high-res CAM sizes" if upsample == "irn" else "") + ", no CRF")
+                + (", IRN's stride-4 and high-res CAM sizes" if upsample == "irn" else "")
+                + (", SEAM's min-max normalisation" if normalize == "minmax" else "") + ", no CRF")
     return {"num_images": len(dataset), "num_predicted": len(subset),
             "num_resumed": len(dataset) - len(subset), "scales": list(p.scales), "flip": bool(p.flip),
-            "resize": resize, "upsample": upsample,
+            "resize": resize, "upsample": upsample, "normalize": normalize,
             "splits": list(p.splits), "cam_dir": "cams", "model": model, "includes": includes}
