@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from wsss.io import load_label_png, read_json
 from wsss.pipeline.runner import run_pipeline
@@ -58,6 +59,16 @@ def test_iterative_rounds_write_labels_models_and_per_round_metrics(tiny_cfg, tm
     assert st["pseudo_miou_round_1"] == pytest.approx(st["refined_miou_round_0"], abs=1e-6)
     assert st["round_metrics"][1]["train_labels"].endswith("round_0/labels")
     assert (stage_dir / "model.pt").is_file() and 0 <= st["best_round"] < 2
+    # select_round=holdout: the stage's model is the round with the best held-out mIoU (first on ties)
+    held = [st[f"holdout_miou_round_{k}"] for k in range(2)]
+    assert all(_in_unit(v) for v in held) and st["select_round"] == "holdout"
+    assert st["selected_round"] == int(np.argmax(held))
+    assert st["val_miou"] == st[f"val_miou_round_{st['selected_round']}"]
+    kept = torch.load(stage_dir / "model.pt", weights_only=True)
+    chosen = torch.load(stage_dir / f"round_{st['selected_round']}/model.pt", weights_only=True)
+    other = torch.load(stage_dir / f"round_{1 - st['selected_round']}/model.pt", weights_only=True)
+    assert kept.keys() == chosen.keys() and all(torch.equal(kept[k], chosen[k]) for k in kept)
+    assert not all(torch.equal(kept[k], other[k]) for k in kept)
     assert _in_unit(results["eval_seg"]["miou"])
 
     # Rerun in the same run dir with one more round: rounds 0-1 are reused, only round 2 trains.
@@ -69,6 +80,22 @@ def test_iterative_rounds_write_labels_models_and_per_round_metrics(tiny_cfg, tm
     assert again["val_miou_round_0"] == st["val_miou_round_0"]
     assert (stage_dir / "round_0/model.pt").stat().st_mtime_ns == model_time
     assert (stage_dir / "round_2/model.pt").is_file()
+
+    # select_round=last: same rounds (reused, not retrained), the last one is kept.
+    last = run_pipeline(tiny_cfg(*TINY_ITER, "stages.self_train.rounds=3", "stages.self_train.select_round=last",
+                                 "pipeline.only=[self_train]", "pipeline.skip_done=false"), run_dir)["self_train"]
+    assert last["selected_round"] == 2 and last["val_miou"] == again["val_miou_round_2"]
+    assert (stage_dir / "round_0/model.pt").stat().st_mtime_ns == model_time
+    kept = torch.load(stage_dir / "model.pt", weights_only=True)
+    final = torch.load(stage_dir / "round_2/model.pt", weights_only=True)
+    assert all(torch.equal(kept[k], final[k]) for k in kept)
+
+
+def test_unknown_round_selection_is_rejected_before_training(tiny_cfg, tmp_path) -> None:
+    cfg = tiny_cfg(*TINY_ITER, "stages.self_train.select_round=best_val")
+    with pytest.raises(ValueError, match="select_round"):
+        run_pipeline(cfg, tmp_path / "x")
+    assert not (tmp_path / "x" / "stages").exists()
 
 
 def test_zero_rounds_is_rejected(tiny_cfg, tmp_path) -> None:

@@ -177,6 +177,13 @@ def test_modes_that_need_masks_fail_before_training(folders, tmp_path, mode) -> 
     assert not (tmp_path / "run" / "stages").exists()  # nothing was trained
 
 
+def test_self_training_round_selection_needs_masks_before_training(folders, tmp_path) -> None:
+    cfg = _cfg(folders["no_masks"], tmp_path, "protocol.threshold_mode=fixed", "pipeline=iterative")
+    with pytest.raises(MissingGroundTruthError, match=r"stages\.self_train\.select_round=last"):
+        run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "stages").exists()  # nothing was trained
+
+
 def test_folder_without_masks_has_no_segmentation_validation(folders) -> None:
     cfg = compose_cfg(["data=folder", f"data.root={folders['no_masks']}"], tiny=False)
     from hydra.utils import instantiate

@@ -9,7 +9,13 @@ the stage so ``eval_seg`` (``reads.model: self_train``) can evaluate them.
 
 Per round the metrics show whether rounds help: ``pseudo_miou`` (labels trained on, eval split),
 ``pred_miou`` / ``refined_miou`` (this round's raw / refined predictions on the eval split,
-i.e. the next round's labels) and ``val_miou`` (single-scale, val minus the held-out subset).
+i.e. the next round's labels), ``val_miou`` (single-scale, val minus the held-out subset) and
+``holdout_miou`` (single-scale, the protocol's held-out images).
+
+Rounds can make things worse (each round's errors become the next round's labels), so the stage's
+``model.pt`` is the round chosen by ``select_round``: ``holdout`` (default) keeps the round with the
+best mIoU on the held-out images, which are never reported, as eval_cam picks its threshold there;
+``last`` keeps the last round (MCOF's loop as published).
 """
 
 from __future__ import annotations
@@ -42,15 +48,25 @@ from wsss.metrics.segmentation import SegmentationMetric
 from wsss.pipeline.artifacts import label_dir
 from wsss.pipeline.collapse import collapse_guard, label_foreground_fraction
 from wsss.pipeline.context import MODEL_FILE, StageContext, load_model, save_model
-from wsss.pipeline.image_sets import eval_ids, no_gt_note, source, stage_images, with_gt
+from wsss.pipeline.image_sets import (
+    eval_ids,
+    images_of,
+    no_gt_note,
+    source,
+    stage_images,
+    threshold_ids,
+    with_gt,
+)
 from wsss.pipeline.models import fit_on_labels, init_from
+from wsss.pipeline.protocol import MissingGroundTruthError
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
 
 # Changing these keeps the finished rounds of an earlier attempt in the same run dir (more rounds
 # reuse rounds 0..k-1; see `resume`); any other change starts the stage afresh.
-RESUME_IGNORES = ("rounds",)
+RESUME_IGNORES = ("rounds", "select_round")
+SELECT_MODES = ("holdout", "last")
 
 
 def refine_prediction(image: np.ndarray, probs: np.ndarray, values: np.ndarray, confidence: float,
@@ -135,6 +151,41 @@ def val_miou(ctx: StageContext, model: torch.nn.Module, split: str) -> float | N
 
 
 @torch.no_grad()
+def holdout_miou(ctx: StageContext, model: torch.nn.Module, held: list[str]) -> float:
+    """Single-scale mIoU on the held-out threshold images ``held`` (all with GT masks)."""
+    split = ctx.cfg.protocol.holdout_split
+    gt_src, dataset = source(ctx, split, for_eval=True), images_of(ctx, split, held)
+    metric, device = SegmentationMetric(ctx.cfg.data.num_classes + 1), ctx.device()
+    for index in range(len(dataset)):
+        item = dataset[index]
+        pred = multiscale_probs(model, item["image"].unsqueeze(0).to(device)).argmax(0).cpu()
+        metric.update(pred, torch.from_numpy(gt_src.load_mask(item["name"]).astype(np.int64)))
+    return float(metric.compute()["miou"])
+
+
+def held_out_ids(ctx: StageContext, mode: str) -> list[str]:
+    """The held-out images that choose the round (empty for ``last``); fails before any training
+    when ``holdout`` has nothing to choose on."""
+    if mode not in SELECT_MODES:
+        raise ValueError(f"stages.self_train.select_round must be one of {SELECT_MODES}, got {mode!r}")
+    if mode == "last":
+        return []
+    held = with_gt(source(ctx, ctx.cfg.protocol.holdout_split, for_eval=True), threshold_ids(ctx))
+    if not held:
+        raise MissingGroundTruthError(
+            "self_train: select_round=holdout needs held-out images with GT masks "
+            f"(protocol.holdout_split={ctx.cfg.protocol.holdout_split!r}); set "
+            "stages.self_train.select_round=last to keep the last round"
+        )
+    return held
+
+
+def preflight(ctx: StageContext) -> None:
+    """Before any stage trains: ``select_round`` is known and ``holdout`` has images to choose on."""
+    held_out_ids(ctx, str(ctx.params.get("select_round", "last")))
+
+
+@torch.no_grad()
 def predict_labels(ctx: StageContext, model: torch.nn.Module, out_dir: Path, evaluated: set[str],
                    target_fg: float | None = None) -> dict:
     """Predict the training split, refine, write ``out_dir/<id>.png``; mIoU of raw and refined.
@@ -199,6 +250,8 @@ def run(ctx: StageContext) -> dict:
     p, proto = ctx.params, ctx.cfg.protocol
     if int(p.rounds) < 1:
         raise ValueError(f"self_train.rounds must be >= 1, got {p.rounds}")
+    mode = str(p.get("select_round", "last"))
+    held = held_out_ids(ctx, mode)
     labels = label_dir(ctx.read("labels"))
     split_ids = set(source(ctx, p.split).ids)
     reported = set(eval_ids(ctx, proto.eval_split)) & split_ids
@@ -211,7 +264,12 @@ def run(ctx: StageContext) -> dict:
         if p.resume and done.is_file() and (round_dir / MODEL_FILE).is_file():
             log.info("self_train: reusing finished round %d", k)
             model = load_model(instantiate(p.module), round_dir / MODEL_FILE)
-            per_round.append(read_json(done))
+            metrics = read_json(done)
+            if held and metrics.get("holdout_miou") is None:  # a round finished before selection existed
+                metrics["holdout_miou"] = holdout_miou(ctx, model.eval().to(ctx.device()), held)
+                write_json(done, metrics)
+                model.cpu()
+            per_round.append(metrics)
             labels = round_dir / "labels"
             continue
         metrics: dict = {"round": k, "train_labels": str(labels),
@@ -223,6 +281,7 @@ def run(ctx: StageContext) -> dict:
         save_model(model, round_dir / MODEL_FILE)
         model.eval().to(ctx.device())
         metrics["val_miou"] = val_miou(ctx, model, ctx.cfg.data.module.val_split)
+        metrics["holdout_miou"] = holdout_miou(ctx, model, held) if held else None
         metrics.update(collapse_guard(ctx, model, labels, split_ids, tag=f"round {k}"))
         if k + 1 < int(p.rounds) or p.predict_last:
             target = label_foreground_fraction(labels, split_ids) if p.get("match_foreground", False) else None
@@ -233,6 +292,14 @@ def run(ctx: StageContext) -> dict:
         ctx.log_metrics({key: v for key, v in metrics.items() if key.endswith("miou") and v is not None}, step=k)
         log.info("self_train round %d: %s", k, {key: v for key, v in metrics.items() if key.endswith("miou")})
         model.cpu()
+    if mode == "holdout":  # the earliest round with the best held-out mIoU
+        selected = int(np.argmax([m["holdout_miou"] for m in per_round]))
+    else:
+        selected = len(per_round) - 1
+    if selected != len(per_round) - 1:
+        model = load_model(instantiate(p.module), ctx.out_dir / f"round_{selected}" / MODEL_FILE)
+        log.info("self_train: keeping round %d (held-out mIoU %.4f; last round %.4f)", selected,
+                 per_round[selected]["holdout_miou"], per_round[-1]["holdout_miou"])  # fmt: skip
     save_model(model, ctx.out_dir / MODEL_FILE)
 
     out: dict = {"rounds": int(p.rounds), "labels_from": ctx.read_stage("labels"), "split": p.split,
@@ -240,16 +307,19 @@ def run(ctx: StageContext) -> dict:
                  "refinement": f"crf={bool(p.crf)}, confidence={float(p.confidence)}, "
                                f"superpixel={bool(p.superpixel)}, restrict_to_labels={bool(p.restrict_to_labels)}"}
     for m in per_round:
-        for key in ("pseudo_miou", "pred_miou", "refined_miou", "val_miou"):
+        for key in ("pseudo_miou", "pred_miou", "refined_miou", "val_miou", "holdout_miou"):
             if key in m:
                 out[f"{key}_round_{m['round']}"] = m[key]
-    out["val_miou"] = per_round[-1]["val_miou"]
-    if out["val_miou"] is None:  # no GT masks on val: nothing to compare rounds with
+    out["select_round"], out["selected_round"] = mode, selected
+    out["val_miou"] = per_round[selected]["val_miou"]
+    if per_round[-1]["val_miou"] is None:  # no GT masks on val: nothing to compare rounds with
         out["val_miou_gain"], out["best_round"] = None, None
     else:
         out["val_miou_gain"] = per_round[-1]["val_miou"] - per_round[0]["val_miou"]
+        # In hindsight on the reported images: a diagnostic, never used to choose.
         out["best_round"] = int(np.argmax([m["val_miou"] for m in per_round]))
-    out["note"] = "val_miou: single-scale monitor; eval_seg (reads.model: self_train) reports the final model"
+    out["note"] = ("val_miou: single-scale monitor of the selected round; eval_seg (reads.model: self_train) "
+                   f"reports the selected round's model (select_round={mode})")
     if not evaluated:
         out["note"] += "; " + no_gt_note(proto.eval_split, len(reported))
     return out
