@@ -107,8 +107,11 @@ def test_uniform_field_stays_uniform() -> None:
     seeds = torch.full((2, 12, 10), 0.7)
     out_b = random_walk_from_boundary(seeds, torch.rand(12, 10))
     out_f = random_walk_from_features(seeds, torch.rand(8, 12, 10), logt=5)
-    assert torch.allclose(out_b, seeds, atol=1e-4)
-    assert torch.allclose(out_f, seeds, atol=1e-4)
+    # float32: T's columns sum to 1 only to a few ulp, and 256 mat-vecs compound that linearly
+    # (measured max drift 1.1e-4 with AVX-512 kernels, below 1e-4 with AVX2); an unnormalised T
+    # drifts by orders of magnitude more.
+    assert torch.allclose(out_b, seeds, atol=3e-4)
+    assert torch.allclose(out_f, seeds, atol=3e-4)
 
 
 def test_irn_semantic_scores_attenuates_seeds() -> None:

@@ -30,7 +30,9 @@ def test_stages_write_phenomena_with_synthetic_parts(tiny_run: Path) -> None:
     cam = metrics(tiny_run, "eval_cam")["phenomena"]
     assert cam["num_images"] == metrics(tiny_run, "eval_cam")["num_evaluated"]
     assert cam["labelled_fraction"] == 1.0  # a CAM label commits to every pixel
-    assert metrics(tiny_run, "eval_seg")["phenomena"]["num_images"] == metrics(tiny_run, "eval_seg")["num_evaluated"]
+    seg = metrics(tiny_run, "eval_seg")  # tiny_run: ms+flip, no CRF -> single-scale and ms measured
+    assert seg["phenomena"]["num_images"] == seg["phenomena_ms"]["num_images"] == seg["num_evaluated"]
+    assert "phenomena_crf" not in seg
 
 
 def test_cli_recomputes_the_stage_numbers_from_the_files(tiny_run: Path, tmp_path: Path, capsys) -> None:
@@ -39,7 +41,8 @@ def test_cli_recomputes_the_stage_numbers_from_the_files(tiny_run: Path, tmp_pat
     expected = {("make_cam", f"CAMs > {threshold:g}"): metrics(tiny_run, "eval_cam")["phenomena"],
                 ("make_pseudo_labels", "labels"): metrics(tiny_run, "make_pseudo_labels")["phenomena_plain"],
                 ("make_pseudo_labels", "labels_crf"): metrics(tiny_run, "make_pseudo_labels")["phenomena"],
-                ("eval_seg", "predictions"): metrics(tiny_run, "eval_seg")["phenomena"]}  # fmt: skip
+                ("eval_seg", "predictions_single"): metrics(tiny_run, "eval_seg")["phenomena"],
+                ("eval_seg", "predictions"): metrics(tiny_run, "eval_seg")["phenomena_ms"]}  # fmt: skip
     assert set(rows) == set(expected)
     for key, stage_values in expected.items():
         for name in KEYS:
@@ -57,7 +60,7 @@ def test_cli_recomputes_the_stage_numbers_from_the_files(tiny_run: Path, tmp_pat
 def test_report_lists_the_stage_phenomena(tiny_run: Path) -> None:
     text = phenomena_table([tiny_run], ["cam"])
     stages = [line.split(" | ")[1] for line in text.splitlines()[2:]]
-    assert stages == ["eval_cam", "eval_seg", "make_pseudo_labels"]
+    assert stages == ["eval_cam", "eval_seg", "eval_seg (ms)", "make_pseudo_labels"]
     assert phenomena_table([tiny_run.parent / "nothing"]) is None
 
 

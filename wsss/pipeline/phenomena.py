@@ -15,7 +15,8 @@ background threshold chosen by the ``eval_cam`` stage that read them; ``make_pse
 CGL, ...): that folder; ``mcof``: every ``iter_*/labels``; ``self_train``: every ``round_*/labels``;
 ``make_cues``: the SEC cue grids (partial labels: GT is resized to the grid, ``labelled`` is the
 share of pixels with a cue, recall counts pixels without a cue as missed); ``eval_seg``: the saved
-``predictions``. One table row per output.
+``predictions`` (after its post-processing) and ``predictions_single`` (the segmenter's own
+single-scale output, when post-processing changes it). One table row per output.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def stage_outputs(run: Path, name: str, manifests: dict[str, dict]) -> list[tupl
         if isinstance(metrics.get(key), str):
             folders.append(metrics[key])
     if target == "eval_seg":
-        folders.append("predictions")
+        folders += ["predictions_single", "predictions"]
     for folder in dict.fromkeys(folders):
         if (stage_dir / folder).is_dir():
             out.append((folder, "labels", stage_dir / folder))

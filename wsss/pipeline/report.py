@@ -61,11 +61,13 @@ def phenomena_table(runs: list[Path], names: list[str] | None = None) -> str | N
     rows = []
     for index, run in enumerate(runs):
         for stage, metrics in stage_metrics(run).items():
-            values = metrics.get("phenomena")
-            if not isinstance(values, dict):
-                continue
-            cells = ["n/a" if values.get(k) is None else f"{values[k]:.3f}" for _, k in PHENOMENA_COLUMNS]
-            rows.append(f"| {names[index] if names else run.name} | {stage} | " + " | ".join(cells) + " |")
+            for key in ("phenomena", "phenomena_ms", "phenomena_crf"):  # eval_seg: + post-processed
+                values = metrics.get(key)
+                if not isinstance(values, dict):
+                    continue
+                label = stage if key == "phenomena" else f"{stage} ({key.split('_')[1]})"
+                cells = ["n/a" if values.get(k) is None else f"{values[k]:.3f}" for _, k in PHENOMENA_COLUMNS]
+                rows.append(f"| {names[index] if names else run.name} | {label} | " + " | ".join(cells) + " |")
     if not rows:
         return None
     return "\n".join(["| " + " | ".join(head) + " |", "|---" * len(head) + "|", *rows])

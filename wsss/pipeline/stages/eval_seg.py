@@ -41,7 +41,10 @@ def run(ctx: StageContext) -> dict:
     metrics = {kind: SegmentationMetric(n, sync=sync) for kind in kinds}
     crf_params = OmegaConf.to_container(p.crf_params, resolve=True)
     panels: list = []
-    phenomena = PhenomenaScore.for_stage(ctx, p.split)  # of the final predictions (reported ids)
+    # Phenomena of the segmenter itself (single-scale, the headline `miou`) and, when post-processing
+    # changes them, of the saved final predictions: a CRF that wipes out foreground is not a collapse.
+    final_kind = "crf" if p.crf else ("ms" if multi else "single")
+    phenomena = {kind: PhenomenaScore.for_stage(ctx, p.split) for kind in dict.fromkeys(["single", final_kind])}
     for index in progress(shard(range(len(dataset))), desc="eval_seg"):
         item = dataset[index]
         name, image = item["name"], item["image"][None].to(device)
@@ -61,10 +64,14 @@ def run(ctx: StageContext) -> dict:
             counts["reported"] += 1
             for kind, pred in preds.items():
                 metrics[kind].update(pred, gt)
-        final = preds["crf" if p.crf else ("ms" if multi else "single")].numpy().astype(np.uint8)
+        final = preds[final_kind].numpy().astype(np.uint8)
         if gt is not None and name in reported:
-            phenomena.update(name, final)
+            for kind, scorer in phenomena.items():
+                scorer.update(name, preds[kind].numpy().astype(np.uint8))
         save_label_png(ctx.out_dir / "predictions" / f"{name}.png", final)
+        if final_kind != "single":
+            save_label_png(ctx.out_dir / "predictions_single" / f"{name}.png",
+                           preds["single"].numpy().astype(np.uint8))  # fmt: skip
         if len(panels) < p.num_examples and name in reported:  # GT column when there is GT
             masks = [final] + ([gt.numpy().astype(np.uint8)] if gt is not None else [])
             panels.append((name, cam_panel(load_rgb(gt_src, name), np.zeros((0,)), *masks)))
@@ -90,10 +97,15 @@ def run(ctx: StageContext) -> dict:
     if p.crf:
         out["miou_crf"] = miou("crf")
         out["per_class_iou_crf"] = per_class("crf")
-    phenomena.sync()
+    for scorer in phenomena.values():
+        scorer.sync()
     if counts["reported"]:
-        out["phenomena"] = phenomena.result()
+        out["phenomena"] = phenomena["single"].result()
+        if final_kind != "single":
+            out[f"phenomena_{final_kind}"] = phenomena[final_kind].result()
     out["predictions"] = "predictions (" + ("CRF" if p.crf else "ms" if multi else "single-scale") + ")"
+    if final_kind != "single":
+        out["predictions"] += "; predictions_single (single-scale)"
     if not counts["reported"]:
         out["note"] = no_gt_note(p.split, len(reported))
     return out
