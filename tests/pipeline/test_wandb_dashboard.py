@@ -84,9 +84,12 @@ def test_offline_runs_hold_config_tables_and_masks(tiny_run: Path, synthetic_roo
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["class", "value"]
     assert dict(map(tuple, table["data"])) == pytest.approx(results["eval_seg"]["per_class_iou"])
-    assert "eval_seg/masks/predictions" in data["history_keys"]
-    masks = sorted((offline / "files/media/images/mask/eval_seg/masks").glob("predictions_*.png"))
-    assert len(masks) == 4  # 2 images x (prediction + ground truth)
+    # the saved (ms+flip) predictions and the segmenter's own single-scale ones, as panels of their own
+    assert {"eval_seg/masks/predictions", "eval_seg/masks/predictions_single"} <= set(data["history_keys"])
+    mask_dir = offline / "files/media/images/mask/eval_seg/masks"
+    single = sorted(mask_dir.glob("predictions_single_*.png"))
+    masks = sorted(set(mask_dir.glob("predictions_*.png")) - set(single))
+    assert len(masks) == len(single) == 4  # 2 images x (prediction + ground truth) each
     values = set(np.unique(np.concatenate([np.asarray(Image.open(m)).ravel() for m in masks])))
     assert values <= set(range(21)) | {255} and len(values) > 1
     class_labels = data["config"]["_wandb"]["mask/class_labels"]
