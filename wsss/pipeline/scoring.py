@@ -37,12 +37,14 @@ class PhenomenaScore:
         gt_src = source(ctx, split or ctx.cfg.protocol.eval_split, for_eval=True)
         return cls(gt_src, load_synthetic_meta(ctx.data_root()))
 
-    def update(self, image_id: str, label: np.ndarray) -> bool:
-        """Score one label map (H, W) (or a coarser grid); False when the image has no GT mask."""
-        if not self.gt_src.has_mask(image_id):
-            return False
+    def update(self, image_id: str, label: np.ndarray, gt: np.ndarray | None = None) -> bool:
+        """Score one label map (H, W) (or a coarser grid); False when the image has no GT mask.
+        ``gt``: the image's GT mask when the caller has already read it (not read again)."""
+        if gt is None:
+            if not self.gt_src.has_mask(image_id):
+                return False
+            gt = self.gt_src.load_mask(image_id)
         label = np.asarray(label)
-        gt = self.gt_src.load_mask(image_id)
         parts = kinds = None
         if self.meta is not None and self.meta.has(image_id):
             parts, kinds = self.meta.parts(image_id), self.meta.kinds(image_id)
@@ -93,10 +95,11 @@ class LabelScore:
         if not self.gt_src.has_mask(image_id):
             self.num_without_gt += 1
             return
-        gt = torch.from_numpy(self.gt_src.load_mask(image_id).astype(np.int64))
+        gt_np = self.gt_src.load_mask(image_id)
+        gt = torch.from_numpy(gt_np.astype(np.int64))
         self.all.update(label_t, gt)
         self.confident.update(label_t, torch.where(label_t == IGNORE, IGNORE, gt))
-        self.phenomena.update(image_id, np.asarray(label))
+        self.phenomena.update(image_id, np.asarray(label), gt_np)
         self.num_evaluated += 1
 
     def result(self, with_confident: bool = True) -> dict[str, Any]:

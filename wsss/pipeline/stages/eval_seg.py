@@ -48,7 +48,8 @@ def run(ctx: StageContext) -> dict:
     for index in progress(shard(range(len(dataset))), desc="eval_seg"):
         item = dataset[index]
         name, image = item["name"], item["image"][None].to(device)
-        gt = torch.from_numpy(gt_src.load_mask(name).astype(np.int64)) if gt_src.has_mask(name) else None
+        gt_np = gt_src.load_mask(name) if gt_src.has_mask(name) else None
+        gt = torch.from_numpy(gt_np.astype(np.int64)) if gt_np is not None else None
         probs = {"single": multiscale_probs(model, image).cpu()}
         if multi:
             probs["ms"] = multiscale_probs(model, image, p.scales, p.flip).cpu()
@@ -67,7 +68,7 @@ def run(ctx: StageContext) -> dict:
         final = preds[final_kind].numpy().astype(np.uint8)
         if gt is not None and name in reported:
             for kind, scorer in phenomena.items():
-                scorer.update(name, preds[kind].numpy().astype(np.uint8))
+                scorer.update(name, preds[kind].numpy().astype(np.uint8), gt_np)
         save_label_png(ctx.out_dir / "predictions" / f"{name}.png", final)
         if final_kind != "single":
             save_label_png(ctx.out_dir / "predictions_single" / f"{name}.png",
