@@ -15,6 +15,15 @@ def test_foreground_counts_skip_ignored_pixels() -> None:
     assert foreground_counts(torch.from_numpy(label.astype(np.int64))) == (2, 4)
 
 
+def test_sparse_labels_count_ignored_pixels_in_the_total() -> None:
+    label = np.array([[0, 1, 255], [3, 0, 255]], dtype=np.uint8)
+    assert foreground_counts(label, count_ignored=True) == (2, 6)
+    counter = ForegroundCounter(count_ignored=True)
+    counter.update(np.full((2, 5), 255, dtype=np.uint8))        # 0 / 10: all pixels count
+    counter.update(np.full((2, 5), 2, dtype=np.uint8))          # 10 / 10
+    assert counter.fraction == pytest.approx(0.5)
+
+
 def test_counter_accumulates_over_maps() -> None:
     counter = ForegroundCounter()
     assert counter.fraction is None

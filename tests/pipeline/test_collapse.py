@@ -26,6 +26,21 @@ class ConstantSegmenter(nn.Module):
         return logits
 
 
+class TopRowsSegmenter(nn.Module):
+    """Logits (B, 21, H, W): class 3 on the top ``fraction`` of the rows, background below."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__()
+        self.fraction = fraction
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 21, *x.shape[-2:]) + self.dummy
+        logits[:, 0] = 5.0
+        logits[:, 3, : round(x.shape[-2] * self.fraction)] = 10.0
+        return logits
+
+
 @pytest.fixture
 def labelled(tiny_cfg, tmp_path):
     """A stage context and a label dir where 30 % of the counted pixels are foreground."""
@@ -63,3 +78,26 @@ def test_fail_mode_raises_and_records(labelled) -> None:
     ctx.cfg.collapse_guard.mode = "loud"
     with pytest.raises(ValueError, match="collapse_guard.mode"):
         collapse_guard(ctx, ConstantSegmenter(0), labels, ids)
+
+
+def test_sparse_cues_are_judged_against_all_pixels(labelled, tmp_path) -> None:
+    """SEC-like cues: 8 % of the pixels foreground, 3 % background, the rest uncued. A segmenter
+    predicting ~10 % foreground (about what the objects cover) is healthy; among cued pixels the
+    cues are 73 % foreground, which would flag it."""
+    ctx, _, ids = labelled
+    cues = tmp_path / "cues"
+    label = np.full((10, 10), 255, dtype=np.uint8)
+    label[0, :8] = 2        # 8 foreground cue pixels
+    label[9, :3] = 0        # 3 background cue pixels
+    for i in ids:
+        save_label_png(cues / f"{i}.png", label)
+    segmenter = TopRowsSegmenter(0.1)
+    dense = collapse_guard(ctx, segmenter, cues, ids)
+    assert dense["collapse_label_fg_fraction"] == pytest.approx(8 / 11)
+    assert dense["collapse_collapsed"] is True
+    sparse = collapse_guard(ctx, segmenter, cues, ids, sparse_labels=True)
+    assert sparse["collapse_label_fg_fraction"] == pytest.approx(0.08)
+    assert sparse["collapse_label_fraction_of"] == "all pixels (sparse labels)"
+    assert 0.05 < sparse["collapse_pred_fg_fraction"] < 0.15
+    assert sparse["collapse_collapsed"] is False
+    assert collapse_guard(ctx, ConstantSegmenter(0), cues, ids, sparse_labels=True)["collapse_collapsed"] is True

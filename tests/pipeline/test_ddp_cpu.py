@@ -96,3 +96,53 @@ def test_cam_chain_same_with_one_or_two_processes(tiny_cfg, synthetic_root: Path
         metrics = json.loads((two / "stages" / stage / "metrics.json").read_text())
         for key in keys:
             assert metrics[key] == pytest.approx(single[stage][key], abs=1e-9), (stage, key)
+
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("pipeline", "stages", "extra"), [
+    ("affinitynet", ["train_affinity", "random_walk"],
+     ["stages.make_affinity_labels.num_workers=0", "stages.train_affinity.max_epochs=1",
+      "stages.train_affinity.crop_size=48", "stages.train_affinity.batch_size=8", "stages.random_walk.logt=4"]),
+    ("irnet", ["train_irn", "calibrate_irn", "make_sem_seg_labels"],
+     ["stages.make_ir_labels.num_workers=0", "stages.train_irn.max_epochs=1", "stages.train_irn.crop_size=48",
+      "stages.train_irn.batch_size=8", "stages.train_irn.module.radius=5", "stages.make_sem_seg_labels.exp_times=4"]),
+])  # fmt: skip
+def test_walks_same_with_one_or_two_processes(pipeline: str, stages: list[str], extra: list[str], tiny_cfg,
+                                              synthetic_root: Path, tmp_path: Path) -> None:  # fmt: skip
+    """The random walks (AffinityNet's and IRNet's) shard their images over DDP ranks: two
+    processes write the same label PNGs and report the same scores as one process walking with
+    the same network. (DDP starts with the first Trainer, so the walk runs after its training.)"""
+    stage = stages[-1]
+    extra = [f"pipeline={pipeline}", *extra]
+    chain = list(tiny_cfg(*extra).pipeline.order)
+    upto = f"pipeline.order=[{','.join(chain[: chain.index(stage) + 1])}]"
+    base = tmp_path / "base"  # the classifier, CAMs and relation labels, one process
+    run_pipeline(tiny_cfg(*extra, f"pipeline.order=[{','.join(chain[: chain.index(stages[0])])}]"), base)
+    two = tmp_path / "two"
+    overrides = [*TINY, f"data.synthetic.root={synthetic_root}", f"paths.log_dir={tmp_path}/logs", *extra, upto,
+                 f"pipeline.from_run={base}", f"pipeline.only=[{','.join(stages)}]", "trainer=cpu",
+                 "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={two}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=env, check=False,
+                          capture_output=True, text=True, timeout=280)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"stage {stage}\n" in (two / "train_ddp_process_1.log").read_text()  # rank 1 walked its share
+    one = tmp_path / "one"  # the same walk in one process, from the DDP-trained network
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the DDP processes (OMP_NUM_THREADS=1)
+    try:
+        single = run_pipeline(tiny_cfg(*extra, upto, f"pipeline.from_run={two}", f"pipeline.only=[{stage}]"),
+                              one)[stage]  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    labels = sorted((one / "stages" / stage / "labels").glob("*.png"))
+    assert len(labels) == single["num_images"] > 0
+    assert sorted(p.name for p in (two / "stages" / stage / "labels").glob("*.png")) == [p.name for p in labels]
+    for path in labels:
+        np.testing.assert_array_equal(load_label_png(path), load_label_png(two / "stages" / stage / "labels" / path.name))
+    metrics = json.loads((two / "stages" / stage / "metrics.json").read_text())
+    for key in ("miou", "miou_seeds", "num_evaluated"):
+        assert metrics[key] == pytest.approx(single[key], abs=1e-9), key
+    assert metrics["phenomena"] == single["phenomena"]  # ratios of the same summed pixel counts

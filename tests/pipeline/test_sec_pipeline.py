@@ -42,7 +42,8 @@ def test_sec_chain_writes_cues_model_and_metrics(tiny_cfg, tmp_path) -> None:
 
     cues = results["make_cues"]
     assert cues["saliency"] == "png" and cues["grid_size"] == 6
-    for key in ("cue_coverage", "cue_precision", "cue_bg_coverage", "cue_fg_coverage", "coverage_split"):
+    for key in ("cue_coverage", "cue_precision", "cue_bg_coverage", "cue_fg_coverage", "coverage_split",
+                "fg_coverage_split"):
         assert _in_unit(cues[key]), key
     assert cues["cue_coverage"] > 0
     assert math.isnan(cues["cue_bg_precision"]) or _in_unit(cues["cue_bg_precision"])
@@ -58,6 +59,10 @@ def test_sec_chain_writes_cues_model_and_metrics(tiny_cfg, tmp_path) -> None:
     for key in ("train_loss", "train_seed", "train_expand", "train_constrain"):
         assert math.isfinite(sec[key]) and sec[key] >= 0, key
     assert _in_unit(sec["collapse_label_fg_fraction"]) and _in_unit(sec["collapse_pred_fg_fraction"])
+    # cues are sparse: the guard's reference is the foreground cues' share of all pixels
+    assert sec["collapse_label_fraction_of"] == "all pixels (sparse labels)"
+    assert sec["collapse_label_fg_fraction"] == pytest.approx(cues["fg_coverage_split"])
+    assert sec["init_from"] == "train_cls"  # recipe small: the classifier's backbone starts SEC
 
     seg = results["eval_seg"]
     for key in ("miou", "miou_crf", "miou_full_split"):

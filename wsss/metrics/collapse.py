@@ -21,17 +21,22 @@ from wsss.data.labels import BACKGROUND, IGNORE
 __all__ = ["ForegroundCounter", "collapse_verdict", "foreground_counts"]
 
 
-def foreground_counts(label: np.ndarray | Tensor, ignore_index: int = IGNORE) -> tuple[int, int]:
-    """(foreground pixels, counted pixels) of a label map; ``ignore_index`` pixels are not counted.
+def foreground_counts(label: np.ndarray | Tensor, ignore_index: int = IGNORE,
+                      count_ignored: bool = False) -> tuple[int, int]:  # fmt: skip
+    """(foreground pixels, counted pixels) of a label map.
 
-    Foreground = any value other than background (0) and ``ignore_index``.
+    Foreground = any value other than background (0) and ``ignore_index``. ``ignore_index``
+    pixels are not counted, unless ``count_ignored``: sparse labels (SEC's cues label ~30 % of the
+    pixels, background only where saliency is lowest) say how much of the *image* is surely
+    foreground, while their foreground share among labelled pixels is set by the cue rules.
 
     Shape:
         - label: ``(...,)`` integer labels (any shape, e.g. ``(H, W)`` or ``(B, H, W)``)
     """
     lab = label if isinstance(label, Tensor) else torch.from_numpy(np.asarray(label))
     valid = lab != ignore_index
-    return int((valid & (lab != BACKGROUND)).sum()), int(valid.sum())
+    counted = lab.numel() if count_ignored else int(valid.sum())
+    return int((valid & (lab != BACKGROUND)).sum()), counted
 
 
 @dataclass
@@ -40,9 +45,10 @@ class ForegroundCounter:
 
     foreground: int = 0
     counted: int = 0
+    count_ignored: bool = False
 
     def update(self, label: np.ndarray | Tensor, ignore_index: int = IGNORE) -> None:
-        fg, n = foreground_counts(label, ignore_index)
+        fg, n = foreground_counts(label, ignore_index, self.count_ignored)
         self.foreground += fg
         self.counted += n
 
@@ -62,7 +68,8 @@ def collapse_verdict(pred_fraction: float | None, label_fraction: float | None,
 
     Args:
         pred_fraction: Foreground fraction of the predictions on validation images (argmax).
-        label_fraction: Foreground fraction of the training labels (ignored pixels not counted).
+        label_fraction: Foreground fraction of the training labels (ignored pixels not counted;
+            of all pixels for sparse labels such as SEC's cues).
         min_ratio: Smallest acceptable ``pred_fraction / label_fraction``.
 
     Returns:

@@ -41,9 +41,10 @@ class SegmenterCollapse(RuntimeError):
     """A trained segmenter predicts (almost) only background; see ``collapse.json``."""
 
 
-def label_foreground_fraction(label_dir: Path, ids: Iterable[str]) -> float | None:
-    """Foreground fraction of the label PNGs ``label_dir/<id>.png`` that exist (255 not counted)."""
-    counter = ForegroundCounter()
+def label_foreground_fraction(label_dir: Path, ids: Iterable[str], sparse: bool = False) -> float | None:
+    """Foreground fraction of the label PNGs ``label_dir/<id>.png`` that exist: of the labelled
+    pixels (255 not counted), or of all pixels when the labels are ``sparse`` (cues)."""
+    counter = ForegroundCounter(count_ignored=sparse)
     for name in ids:
         path = Path(label_dir) / f"{name}.png"
         if path.is_file():
@@ -81,8 +82,14 @@ def guard_settings(ctx: StageContext) -> dict:
 
 
 def collapse_guard(ctx: StageContext, model: nn.Module, label_dir: Path, label_ids: Iterable[str],
-                   tag: str = "") -> dict:  # fmt: skip
+                   tag: str = "", sparse_labels: bool = False) -> dict:  # fmt: skip
     """Measure and act on a collapse of ``model`` trained on ``label_dir`` (ids ``label_ids``).
+
+    ``sparse_labels``: the labels mark only some pixels (SEC's cues); their foreground fraction is
+    then taken over all pixels. Of the cued pixels only it would be set by the cue rules (SEC's
+    background cues are the 10 % least salient pixels, so ~70 % of cued pixels are foreground
+    while objects cover ~10 % of the synthetic images) and flag even a segmenter that predicts
+    the ground truth.
 
     Returns ``{"collapse_pred_fg_fraction", "collapse_label_fg_fraction", "collapse_fg_ratio",
     "collapse_min_ratio", "collapse_collapsed", "collapse_split"}`` for metrics.json (``{}`` with
@@ -94,14 +101,17 @@ def collapse_guard(ctx: StageContext, model: nn.Module, label_dir: Path, label_i
     split = ctx.cfg.data.module.val_split
     dataset = stage_images(ctx, [split], include_holdout=True)
     verdict = collapse_verdict(predicted_foreground_fraction(model, dataset, settings["max_images"]),
-                               label_foreground_fraction(label_dir, label_ids), settings["min_ratio"])
+                               label_foreground_fraction(label_dir, label_ids, sparse_labels),
+                               settings["min_ratio"])  # fmt: skip
     out = {f"collapse_{k}": v for k, v in verdict.items()}
     out["collapse_split"] = split
+    out["collapse_label_fraction_of"] = "all pixels (sparse labels)" if sparse_labels else "labelled pixels"
     if verdict["collapsed"]:
         what = f"stage {ctx.name!r}{' ' + tag if tag else ''}"
+        of_all = " (of all pixels)" if sparse_labels else ""
         message = (f"{what}: the segmenter collapsed towards background: it predicts "
                    f"{verdict['pred_fg_fraction']:.4f} foreground on {split!r} but was trained on labels "
-                   f"with {verdict['label_fg_fraction']:.4f} foreground (ratio {verdict['fg_ratio']:.3f} "
+                   f"with {verdict['label_fg_fraction']:.4f} foreground{of_all} (ratio {verdict['fg_ratio']:.3f} "
                    f"< collapse_guard.min_ratio={settings['min_ratio']}). Its labels are in {label_dir}.")
         if settings["mode"] == "fail":
             write_json(ctx.out_dir / COLLAPSE_FILE, {"stage": ctx.name, "tag": tag, **out, "message": message})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -13,6 +14,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from wsss.parallel import map_per_image
+
+T = TypeVar("T")
 
 
 class PerImage(Dataset):
@@ -76,8 +79,8 @@ def pending(ids: Sequence[str], path_of: Callable[[str], Path], valid: Callable[
     return todo
 
 
-def shard(ids: Sequence[str]) -> list[str]:
-    """This DDP rank's share of ``ids`` (every ``world``-th from its rank; all without DDP).
+def shard(ids: Sequence[T]) -> list[T]:
+    """This DDP rank's share of ``ids`` (ids or indices: every ``world``-th from its rank; all without DDP).
 
     A per-image stage with ``all_ranks: true`` runs on every rank, writes the files of its share
     and reduces its scores (:func:`reduce_sum`, ``SegmentationMetric(sync=True)``)."""

@@ -74,17 +74,25 @@ class LabelScore:
     pixels the label commits to. ``ignored_fraction``: share of 255 over all labelled pixels.
     Only evaluated ids with a GT mask are scored (``num_evaluated``); with none, the scores are
     ``None`` (``miou: null`` in metrics.json) and ``note`` says why.
+
+    ``sharded``: the stage runs on every DDP rank (``all_ranks: true``), each scoring its shard
+    (:func:`wsss.pipeline.per_image.shard`); :meth:`result` then sums the ranks' counts (a
+    collective: every rank must call it). Stages that run on rank 0 alone leave it False.
     """
 
-    def __init__(self, ctx: StageContext) -> None:
+    def __init__(self, ctx: StageContext, sharded: bool = False) -> None:
+        from wsss.pipeline.context import world_size
+
         proto = ctx.cfg.protocol
         self.split = proto.eval_split
         self.evaluated = set(eval_ids(ctx, proto.eval_split))
         self.gt_src = source(ctx, proto.eval_split, for_eval=True)
         n = ctx.cfg.data.num_classes + 1
-        self.all, self.confident = SegmentationMetric(n), SegmentationMetric(n)
+        self.sync = sharded and world_size() > 1
+        self.all, self.confident = SegmentationMetric(n, sync=self.sync), SegmentationMetric(n, sync=self.sync)
         self.ignored, self.total, self.num_evaluated, self.num_without_gt = 0, 0, 0, 0
         self.phenomena = PhenomenaScore.for_stage(ctx)
+        self.synced = not self.sync  # nothing to sum without DDP
 
     def update(self, image_id: str, label: np.ndarray) -> None:
         label_t = torch.as_tensor(np.asarray(label)).long()
@@ -103,6 +111,13 @@ class LabelScore:
         self.num_evaluated += 1
 
     def result(self, with_confident: bool = True) -> dict[str, Any]:
+        from wsss.pipeline.per_image import reduce_sum
+
+        if not self.synced:  # sum the ranks' counts once, however often the result is asked for
+            counts = reduce_sum([self.ignored, self.total, self.num_evaluated, self.num_without_gt])
+            self.ignored, self.total, self.num_evaluated, self.num_without_gt = (int(c) for c in counts)
+            self.phenomena.sync()
+            self.synced = True
         if not self.num_evaluated:
             out: dict[str, Any] = {"miou": None, "num_evaluated": 0, "per_class_iou": {},
                                    "ignored_fraction": self.ignored / max(self.total, 1),

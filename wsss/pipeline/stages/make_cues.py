@@ -11,7 +11,8 @@ the maps of a saliency stage read as ``saliency`` (``make_cam_saliency``: no sal
 
 Writes ``cues/<id>.png`` (grid-sized label map, 0 background, c + 1 class c, 255 no cue) and
 reports cue coverage and precision against GT (on the grid, nearest-resized) for the images of
-``protocol.eval_split`` that have GT (``null`` when none has; ``coverage_split`` needs no GT).
+``protocol.eval_split`` that have GT (``null`` when none has; ``coverage_split`` and
+``fg_coverage_split``, the cue / foreground-cue share of all pixels of ``split``, need no GT).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def run(ctx: StageContext) -> dict:
     n_fg = int(ctx.cfg.data.num_classes)
     totals = {kind: np.zeros(4, dtype=np.int64) for kind in ("all", "bg", "fg")}
     count_keys = ("pixels", "cue_pixels", "valid_cue_pixels", "correct_cue_pixels")
-    covered = np.zeros(2, dtype=np.int64)  # cue pixels, pixels over every image of the split
+    covered = np.zeros(3, dtype=np.int64)  # cue pixels, foreground cue pixels, pixels over the split
     n_evaluated = 0
     loader = DataLoader(job, batch_size=None, num_workers=int(p.num_workers))
     for item in tqdm(loader, total=len(job), desc="make_cues"):
@@ -130,7 +131,7 @@ def run(ctx: StageContext) -> dict:
         cues = localization_cues(item["cams"], item["keys"], saliency, fg_fraction,
                                  float(p.bg_fraction), n_fg)  # fmt: skip
         save_label_png(ctx.out_dir / CUE_DIR / f"{name}.png", cues_to_label_map(cues).numpy())
-        covered += (int(cues.amax(0).sum()), cues[0].numel())
+        covered += (int(cues.amax(0).sum()), int(cues[1:].amax(0).sum()), cues[0].numel())
         if name in evaluated and gt_src.has_mask(name):
             gt = torch.from_numpy(gt_src.load_mask(name).astype(np.int64))[None, None].float()
             gt = F.interpolate(gt, size=job.grid, mode="nearest")[0, 0].long()
@@ -146,7 +147,8 @@ def run(ctx: StageContext) -> dict:
                  "saliency": p.saliency, "fg_fraction": fg_fraction,
                  "bg_fraction": float(p.bg_fraction), "cue_dir": CUE_DIR,
                  "eval_split": proto.eval_split, "num_evaluated": n_evaluated,
-                 "coverage_split": ratio(*covered)}  # fmt: skip
+                 "coverage_split": ratio(covered[0], covered[2]),
+                 "fg_coverage_split": ratio(covered[1], covered[2])}  # fmt: skip
     for kind, prefix in (("all", "cue"), ("bg", "cue_bg"), ("fg", "cue_fg")):
         pixels, cue_pixels, valid, correct = (int(v) for v in totals[kind])
         # Without a GT mask on any evaluated image nothing is scored: null, not NaN.

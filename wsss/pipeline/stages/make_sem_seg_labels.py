@@ -37,7 +37,7 @@ from wsss.pipeline.image_sets import (
 )
 from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, walk_seeds
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
-from wsss.pipeline.per_image import done_label
+from wsss.pipeline.per_image import done_label, shard
 from wsss.pipeline.protocol import MissingGroundTruthError
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
@@ -96,8 +96,10 @@ def _run(ctx: StageContext) -> dict:
         }
     bg = float(bg)
     dataset = stage_images(ctx, [p.split], include_holdout=False)
-    walked, seeded = LabelScore(ctx), LabelScore(ctx)
-    for index in progress(range(len(dataset)), desc="make_sem_seg_labels"):
+    # Under DDP (all_ranks) every rank walks its share of the images (the few held-out images of
+    # the threshold choice above: all of them, on every rank, so every rank picks the same value).
+    walked, seeded = LabelScore(ctx, sharded=True), LabelScore(ctx, sharded=True)
+    for index in progress(shard(range(len(dataset))), desc="make_sem_seg_labels"):
         item = dataset[index]
         name = item["name"]
         cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))

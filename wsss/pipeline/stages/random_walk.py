@@ -21,7 +21,7 @@ from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import cam_file, stage_images
 from wsss.pipeline.models import load_stage_model, torch_threads
-from wsss.pipeline.per_image import done_label
+from wsss.pipeline.per_image import done_label, shard
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
@@ -49,8 +49,9 @@ def _run(ctx: StageContext) -> dict:
     stride = model.stride
     cam_dir = cam_dir_of(ctx.read("cams"))
     dataset = stage_images(ctx, [p.split], include_holdout=False)
-    walked, seeded = LabelScore(ctx), LabelScore(ctx)
-    for index in progress(range(len(dataset)), desc="random_walk"):
+    # Under DDP (all_ranks) every rank walks its share of the images; the scores are summed.
+    walked, seeded = LabelScore(ctx, sharded=True), LabelScore(ctx, sharded=True)
+    for index in progress(shard(range(len(dataset))), desc="random_walk"):
         item = dataset[index]
         name, size = item["name"], item["size"]
         arrays = load_npz(cam_file(cam_dir, name))

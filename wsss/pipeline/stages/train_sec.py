@@ -15,6 +15,7 @@ from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, read_metrics, save_model
 from wsss.pipeline.image_sets import source
 from wsss.pipeline.manifest import MODEL_KEYS
+from wsss.pipeline.models import init_from
 from wsss.pipeline.official import load_release
 
 # What outside stages.train_sec shapes its output (its manifest; not the evaluation protocol).
@@ -35,6 +36,7 @@ def run(ctx: StageContext) -> dict:
     loader = DataLoader(dataset, batch_size=int(p.batch_size), shuffle=True, drop_last=len(dataset) > p.batch_size,
                         num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
     model = instantiate(p.module)
+    init = init_from(ctx, model)  # optional role `init`: a classifier's backbone (no ImageNet offline)
     val = None
     if p.val_every_n_epochs:
         val_data = ctx.datamodule(mode="segmentation")
@@ -49,11 +51,13 @@ def run(ctx: StageContext) -> dict:
     if trainer.is_global_zero:
         save_model(model, ctx.out_dir / MODEL_FILE)
     metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
-    if trainer.is_global_zero:  # labels = the cue maps (foreground fraction of the cued pixels)
-        metrics.update(collapse_guard(ctx, model, cue_dir_of(cues_stage), source(ctx, p.split).ids))
+    if trainer.is_global_zero:  # labels = the cue maps: sparse, foreground fraction of all pixels
+        metrics.update(collapse_guard(ctx, model, cue_dir_of(cues_stage), source(ctx, p.split).ids,
+                                      sparse_labels=True))
     note = "train_* are last-step SEC losses; see eval_seg for reported numbers"
     if p.val_every_n_epochs and val is None:
         note += "; no GT masks on val: trained without the val_miou monitor"
     return {"split": p.split, "cues": str(cue_dir_of(cues_stage)), "epochs": int(p.max_epochs),
             "steps": int(trainer.global_step), "input_size": int(p.input_size), "grid_size": grid,
+            "init_from": init,
             **metrics, "note": note}

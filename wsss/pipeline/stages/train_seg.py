@@ -7,8 +7,8 @@ from hydra.utils import instantiate
 from wsss.pipeline.artifacts import label_dir
 from wsss.pipeline.collapse import collapse_guard
 from wsss.pipeline.context import MODEL_FILE, StageContext, save_model
-from wsss.pipeline.manifest import MODEL_KEYS
 from wsss.pipeline.image_sets import source
+from wsss.pipeline.manifest import MODEL_KEYS
 from wsss.pipeline.models import init_from
 
 # What outside stages.train_seg shapes its output (its manifest; not the evaluation protocol).
