@@ -50,6 +50,30 @@ def test_affinitynet_chain_writes_labels_and_metrics(tiny_cfg, tmp_path) -> None
     assert results["train_seg"]["labels"].endswith("random_walk/labels")
     assert 0.0 <= results["eval_seg"]["miou"] <= 1.0
 
+    # Small recipe: bg_alpha=holdout picks the value of bg_alphas with the best held-out walk mIoU.
+    alphas = [0.25, 4.0, 32.0]
+    listed = [float(a) for a in tiny_cfg(*TINY_AFF).stages.random_walk.bg_alphas]
+    assert walk["bg_alpha_source"].startswith("holdout") and walk["bg_alpha"] in listed
+    only = ["pipeline.only=[random_walk]", f"pipeline.from_run={run_dir}"]
+    chosen = run_pipeline(tiny_cfg(*TINY_AFF, *only, f"stages.random_walk.bg_alphas={alphas}"),
+                          tmp_path / "chosen")["random_walk"]  # fmt: skip
+    held = [run_pipeline(tiny_cfg(*TINY_AFF, *only, f"stages.random_walk.bg_alphas=[{a}]"),
+                         tmp_path / f"alpha{a}")["random_walk"]["holdout_miou"] for a in alphas]  # fmt: skip
+    assert chosen["bg_alpha"] == alphas[int(np.argmax(held))]  # first of equals on ties
+    assert chosen["holdout_miou"] == pytest.approx(max(held), abs=1e-9)
+    # the labels are those of a walk with the chosen number
+    fixed = run_pipeline(tiny_cfg(*TINY_AFF, *only, f"stages.random_walk.bg_alpha={chosen['bg_alpha']}"),
+                         tmp_path / "fixed")["random_walk"]  # fmt: skip
+    assert fixed["miou"] == pytest.approx(chosen["miou"], abs=1e-12) and "bg_alpha_source" not in fixed
+
+
+def test_walk_background_power_is_checked_before_training(tiny_cfg, tmp_path) -> None:
+    with pytest.raises(ValueError, match="bg_alpha"):
+        run_pipeline(tiny_cfg(*TINY_AFF, "stages.random_walk.bg_alpha=holdot"), tmp_path / "x")
+    with pytest.raises(ValueError, match="bg_alphas"):
+        run_pipeline(tiny_cfg(*TINY_AFF, "stages.random_walk.bg_alphas=[]"), tmp_path / "y")
+    assert not (tmp_path / "x" / "stages").exists() and not (tmp_path / "y" / "stages").exists()
+
 
 def test_affinitynet_composes_with_another_cam_method(tiny_cfg) -> None:
     cfg = tiny_cfg("pipeline=affinitynet", "method=seam")

@@ -36,7 +36,8 @@ IGNORED_STAGE_KEYS = frozenset({"num_workers", "num_threads", "all_ranks", "read
 # Stage keys added after manifests existed, with the value that reproduces the behaviour from before
 # they existed: at that value they are left out of the config hash, so earlier runs stay reusable.
 ADDED_STAGE_KEYS: dict[str, Any] = {"resize": "tensor", "upsample": "image", "normalize": "max",
-                                    "recompute_release": False, "select_round": "last"}
+                                    "recompute_release": False, "select_round": "last",
+                                    "bg_alphas": [0.25, 0.4, 0.55, 0.8, 1, 2, 4, 8, 16, 32]}
 # Files under a stage directory that are bookkeeping, not artifacts.
 NOT_ARTIFACTS = frozenset({MANIFEST_FILE, STARTED_FILE})
 NOT_ARTIFACT_DIRS = frozenset({"checkpoints", "csv", "wandb"})

@@ -42,7 +42,8 @@ UNIT_OR_NAME = {
     "bg_threshold",
     "seed_floor",
 }  # may also name a mode / stage ("holdout", "eval_cam")
-POSITIVE_NUMBER = {"lr", "scales", "new_lr_mult", "view_scale", "radius", "scale_factor"}
+POSITIVE_NUMBER = {"lr", "scales", "new_lr_mult", "view_scale", "radius", "scale_factor", "bg_alphas"}
+POSITIVE_OR_NAME = {"bg_alpha"}  # may also name a mode ("holdout")
 NON_NEGATIVE_NUMBER = {"weight_decay", "poly_power", "beta"}
 NOT_NULL = {"max_epochs", "batch_size"}
 NAME_MAPS = {"reads", "inputs", "splits"}  # name -> name / path mappings, not settings
@@ -82,6 +83,8 @@ def _rule(key: str) -> tuple[str, Callable[[Any], bool]] | None:
             "a number in [0, 1] or a mode name",
             lambda v: isinstance(v, str) or (_is_number(v) and 0 <= v <= 1),
         )
+    if key in POSITIVE_OR_NAME:
+        return "a number > 0 or a mode name", lambda v: isinstance(v, str) or (_is_number(v) and v > 0)
     if key in UNIT:
         return "a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1
     if key in POSITIVE_NUMBER:
