@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_cfg
+from wsss.models.vit import build_vit
+from wsss.pipeline.preflight import preflight
 
 
 def test_toco_voc_follows_the_official_recipe() -> None:
@@ -63,3 +66,17 @@ def test_toco_module_instantiates_from_the_composed_config() -> None:
     module = instantiate(cfg.stages.train_toco.module)
     assert module.backbone.levels == {"tokens": (64, 16), "block0": (64, 16)}
     assert module.classifier.weight.shape == (20, 64, 1, 1)
+
+
+def test_readme_toco_commands_pass_preflight_with_the_default_backbone() -> None:
+    """`python train.py pipeline=toco` / `pipeline=toco_deeplab` (README results) merge the default
+    backbone's keys (resnet18: frozen_bn, output_stride) into the small recipe's ViT."""
+    for pipeline in ("toco", "toco_deeplab"):
+        cfg = compose_cfg([f"pipeline={pipeline}"], tiny=False)
+        preflight(cfg)  # raised PreflightError: build_vit got unknown backbone keys ['frozen_bn']
+        module = instantiate(cfg.stages.train_toco.module)
+        assert module.backbone.levels["tokens"] == (64, 16)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        build_vit("custom", model_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 1}, frozen_bn=True)
+    with pytest.raises(TypeError, match="dilate"):
+        build_vit("custom", model_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 1}, dilate=True)

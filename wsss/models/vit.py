@@ -104,13 +104,18 @@ def build_vit(
         aux_layers: block indices (negative from the end) whose patch tokens are returned as extra levels.
         drop_path_rate: stochastic depth rate (ToCo: 0).
         mean, std: the input normalisation, kept on the module (data configs read ``${backbone.mean}``).
-        unused: keys of other backbone configs (``output_stride``, ``frozen_stages``) are ignored.
+        unused: keys of other backbone configs (``output_stride``, ``frozen_stages``, ``frozen_bn``)
+            are ignored (``pipeline=toco`` with the default ``backbone=resnet18`` merges them in);
+            ``frozen_bn: true`` is an error (a ViT has no BatchNorm to freeze).
     """
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
     kwargs = dict(num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path_rate, **(model_kwargs or {}))
-    ignored = {k: v for k, v in unused.items() if k not in ("output_stride", "frozen_stages", "_target_")}
+    if unused.get("frozen_bn"):
+        raise ValueError("backbone.frozen_bn=true: a ViT has no BatchNorm to freeze (use frozen_bn=false)")
+    ignored = {k: v for k, v in unused.items()
+               if k not in ("output_stride", "frozen_stages", "frozen_bn", "_target_")}  # fmt: skip
     if ignored:
         raise TypeError(f"build_vit got unknown backbone keys {sorted(ignored)}")
     pretrained = weights in ("timm", "imagenet")
