@@ -155,7 +155,13 @@ def test_masks_on_some_val_images_only(folders, tmp_path) -> None:
 @pytest.mark.slow
 def test_affinitynet_runs_without_masks_through_random_walk(folders, tmp_path) -> None:
     root, run_dir = folders["no_masks"], tmp_path / "run"
+    # The small recipe chooses the walk's background power on held-out masks: without any, it
+    # stops before training and names the setting to fix.
     cfg = _cfg(root, tmp_path, *TINY_AFF, f"pipeline.only=[{','.join(AFF_STAGES)}]")
+    with pytest.raises(MissingGroundTruthError, match=r"stages\.random_walk\.bg_alpha to a number"):
+        run_pipeline(cfg, tmp_path / "refused")
+    assert not (tmp_path / "refused" / "stages").exists()  # nothing was trained
+    cfg = _cfg(root, tmp_path, *TINY_AFF, f"pipeline.only=[{','.join(AFF_STAGES)}]", "stages.random_walk.bg_alpha=0.55")
     results = run_pipeline(cfg, run_dir)
     assert list(results) == AFF_STAGES
     train_ids = set(FolderSource(root, "train").ids)
@@ -205,3 +211,10 @@ def test_summary_and_report_show_missing_scores(tmp_path, capsys) -> None:
     row = table([run], ["mine"]).splitlines()[2]
     # ran but unscored -> n/a; stage missing -> blank
     assert row == "| mine | n/a | 0.150 |  |  |  |  |  | n/a |  | 0.250 |"
+
+
+def test_irnet_threshold_choice_needs_masks_before_training(folders, tmp_path) -> None:
+    cfg = _cfg(folders["no_masks"], tmp_path, "pipeline=irnet")
+    with pytest.raises(MissingGroundTruthError, match=r"stages\.make_sem_seg_labels\.bg_threshold to a number"):
+        run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "stages").exists()  # nothing was trained

@@ -58,18 +58,32 @@ def walk_scores(model: torch.nn.Module, item: dict, cams: torch.Tensor, floor: f
     return upsample_scores(scores, item["size"], STRIDE)
 
 
-def holdout_bg_threshold(ctx: StageContext, model: torch.nn.Module, cam_dir, floor: float | None,
-                         thresholds) -> tuple[float, float]:  # fmt: skip
-    """The walk's background threshold with the best mIoU on the held-out images (the protocol's
-    threshold subset, never reported), as eval_cam picks the CAM threshold; (threshold, mIoU)."""
-    proto = ctx.cfg.protocol
-    gt_src = source(ctx, proto.holdout_split, for_eval=True)
+def held_out_ids(ctx: StageContext) -> list[str]:
+    """The held-out images that choose ``bg_threshold`` (empty for a number); fails when
+    ``holdout`` has nothing to choose on."""
+    if ctx.params.bg_threshold != "holdout":
+        return []
     held = threshold_ids_with_gt(ctx)
     if not held:
         raise MissingGroundTruthError(
             "make_sem_seg_labels: bg_threshold=holdout needs held-out images with GT masks; "
             "set stages.make_sem_seg_labels.bg_threshold to a number (IRN: 0.25)"
         )
+    return held
+
+
+def preflight(ctx: StageContext) -> None:
+    """Before any stage trains: ``bg_threshold=holdout`` has held-out masks to choose on."""
+    held_out_ids(ctx)
+
+
+def holdout_bg_threshold(ctx: StageContext, model: torch.nn.Module, cam_dir, floor: float | None,
+                         thresholds) -> tuple[float, float]:  # fmt: skip
+    """The walk's background threshold with the best mIoU on the held-out images (the protocol's
+    threshold subset, never reported), as eval_cam picks the CAM threshold; (threshold, mIoU)."""
+    proto = ctx.cfg.protocol
+    gt_src = source(ctx, proto.holdout_split, for_eval=True)
+    held = held_out_ids(ctx)
     sweep = ThresholdSweep(list(thresholds), num_classes=ctx.cfg.data.num_classes + 1)
     dataset = images_of(ctx, proto.holdout_split, held)
     for index in progress(range(len(dataset)), desc="make_sem_seg_labels[holdout]", leave=False):
