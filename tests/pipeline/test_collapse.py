@@ -13,31 +13,18 @@ from wsss.pipeline.context import StageContext
 
 
 class ConstantSegmenter(nn.Module):
-    """Logits (B, 21, H, W) whose argmax is ``winner`` everywhere."""
+    """Logits (B, 21, H, W) whose argmax is ``winner`` on the top ``fraction`` of the rows and
+    background below (everywhere with the default fraction 1)."""
 
-    def __init__(self, winner: int) -> None:
+    def __init__(self, winner: int, fraction: float = 1.0) -> None:
         super().__init__()
-        self.winner = winner
+        self.winner, self.fraction = winner, fraction
         self.dummy = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = torch.zeros(x.shape[0], 21, *x.shape[-2:]) + self.dummy
-        logits[:, self.winner] = 5.0
-        return logits
-
-
-class TopRowsSegmenter(nn.Module):
-    """Logits (B, 21, H, W): class 3 on the top ``fraction`` of the rows, background below."""
-
-    def __init__(self, fraction: float) -> None:
-        super().__init__()
-        self.fraction = fraction
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.zeros(x.shape[0], 21, *x.shape[-2:]) + self.dummy
-        logits[:, 0] = 5.0
-        logits[:, 3, : round(x.shape[-2] * self.fraction)] = 10.0
+        logits[:, 0] = 1.0
+        logits[:, self.winner, : round(x.shape[-2] * self.fraction)] = 5.0
         return logits
 
 
@@ -91,7 +78,7 @@ def test_sparse_cues_are_judged_against_all_pixels(labelled, tmp_path) -> None:
     label[9, :3] = 0        # 3 background cue pixels
     for i in ids:
         save_label_png(cues / f"{i}.png", label)
-    segmenter = TopRowsSegmenter(0.1)
+    segmenter = ConstantSegmenter(3, fraction=0.1)
     dense = collapse_guard(ctx, segmenter, cues, ids)
     assert dense["collapse_label_fg_fraction"] == pytest.approx(8 / 11)
     assert dense["collapse_collapsed"] is True
