@@ -14,7 +14,7 @@ from wsss.data.sources import Source, open_source
 from wsss.data.transforms import build_eval_transform
 from wsss.io import load_npz
 from wsss.pipeline.context import StageContext
-from wsss.pipeline.protocol import holdout_ids
+from wsss.pipeline.protocol import MissingGroundTruthError, holdout_ids
 
 
 def source(ctx: StageContext, split: str, for_eval: bool = False, check_images: bool = True) -> Source:
@@ -46,6 +46,19 @@ def threshold_ids(ctx: StageContext) -> list[str]:
 def threshold_ids_with_gt(ctx: StageContext) -> list[str]:
     """The held-out threshold images that have a GT mask: what thresholds and rounds are chosen on."""
     return with_gt(source(ctx, ctx.cfg.protocol.holdout_split, for_eval=True), threshold_ids(ctx))
+
+
+def required_threshold_ids(ctx: StageContext, setting: str, fix: str) -> list[str]:
+    """:func:`threshold_ids_with_gt` for a ``setting`` chosen on them (e.g. ``random_walk:
+    bg_alpha=holdout``); none raises :class:`MissingGroundTruthError` naming ``fix``, the
+    setting to use instead (stages call this from their ``preflight``: before any training)."""
+    held = threshold_ids_with_gt(ctx)
+    if not held:
+        raise MissingGroundTruthError(
+            f"{setting} needs held-out images with GT masks "
+            f"(protocol.holdout_split={ctx.cfg.protocol.holdout_split!r}); set {fix}"
+        )
+    return held
 
 
 def eval_ids(ctx: StageContext, split: str) -> list[str]:

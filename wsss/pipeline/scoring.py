@@ -88,11 +88,11 @@ class LabelScore:
         self.evaluated = set(eval_ids(ctx, proto.eval_split))
         self.gt_src = source(ctx, proto.eval_split, for_eval=True)
         n = ctx.cfg.data.num_classes + 1
-        self.sync = sharded and world_size() > 1
-        self.all, self.confident = SegmentationMetric(n, sync=self.sync), SegmentationMetric(n, sync=self.sync)
+        sync = sharded and world_size() > 1
+        self.all, self.confident = SegmentationMetric(n, sync=sync), SegmentationMetric(n, sync=sync)
         self.ignored, self.total, self.num_evaluated, self.num_without_gt = 0, 0, 0, 0
         self.phenomena = PhenomenaScore.for_stage(ctx)
-        self.synced = not self.sync  # nothing to sum without DDP
+        self.counts_to_sum = sync  # the ranks' counts, summed once by result()
 
     def update(self, image_id: str, label: np.ndarray) -> None:
         label_t = torch.as_tensor(np.asarray(label)).long()
@@ -113,11 +113,11 @@ class LabelScore:
     def result(self, with_confident: bool = True) -> dict[str, Any]:
         from wsss.pipeline.per_image import reduce_sum
 
-        if not self.synced:  # sum the ranks' counts once, however often the result is asked for
+        if self.counts_to_sum:  # once, however often the result is asked for
             counts = reduce_sum([self.ignored, self.total, self.num_evaluated, self.num_without_gt])
             self.ignored, self.total, self.num_evaluated, self.num_without_gt = (int(c) for c in counts)
             self.phenomena.sync()
-            self.synced = True
+            self.counts_to_sum = False
         if not self.num_evaluated:
             out: dict[str, Any] = {"miou": None, "num_evaluated": 0, "per_class_iou": {},
                                    "ignored_fraction": self.ignored / max(self.total, 1),

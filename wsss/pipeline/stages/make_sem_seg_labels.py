@@ -30,15 +30,14 @@ from wsss.pipeline.image_sets import (
     images_of,
     load_cams,
     load_strided_cams,
+    required_threshold_ids,
     source,
     stage_images,
     threshold_ids,
-    threshold_ids_with_gt,
 )
 from wsss.pipeline.irn_seeds import STRIDE, floored, seed_floor, walk_seeds
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
 from wsss.pipeline.per_image import done_label, shard
-from wsss.pipeline.protocol import MissingGroundTruthError
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
@@ -63,13 +62,8 @@ def held_out_ids(ctx: StageContext) -> list[str]:
     ``holdout`` has nothing to choose on."""
     if ctx.params.bg_threshold != "holdout":
         return []
-    held = threshold_ids_with_gt(ctx)
-    if not held:
-        raise MissingGroundTruthError(
-            "make_sem_seg_labels: bg_threshold=holdout needs held-out images with GT masks; "
-            "set stages.make_sem_seg_labels.bg_threshold to a number (IRN: 0.25)"
-        )
-    return held
+    return required_threshold_ids(ctx, "make_sem_seg_labels: bg_threshold=holdout",
+                                  "stages.make_sem_seg_labels.bg_threshold to a number (IRN: 0.25)")
 
 
 def preflight(ctx: StageContext) -> None:

@@ -28,13 +28,12 @@ from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import (
     cam_file,
     images_of,
+    required_threshold_ids,
     source,
     stage_images,
-    threshold_ids_with_gt,
 )
 from wsss.pipeline.models import load_stage_model, torch_threads
 from wsss.pipeline.per_image import done_label, shard
-from wsss.pipeline.protocol import MissingGroundTruthError
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
@@ -55,10 +54,15 @@ def run(ctx: StageContext) -> dict:
         return _run(ctx)
 
 
-def walk_label(model: torch.nn.Module, features: torch.Tensor, cams: torch.Tensor, lut: torch.Tensor,
-               size: tuple[int, int], bg_alpha: float, p) -> np.ndarray:  # fmt: skip
-    """The walk's label map (H, W) uint8 of one image from its AffinityNet ``features`` (D, h, w)."""
-    seeds = torch.cat([background_power(cams, bg_alpha)[None], cams])
+def walk_seeds(cams: torch.Tensor, bg_alpha: float) -> torch.Tensor:
+    """PSA's seeds ``(K+1, H, W)``: ``(1 - max CAM)^bg_alpha`` then the ``(K, H, W)`` CAMs."""
+    return torch.cat([background_power(cams, bg_alpha)[None], cams])
+
+
+def walk_label(model: torch.nn.Module, features: torch.Tensor, seeds: torch.Tensor, lut: torch.Tensor,
+               size: tuple[int, int], p) -> np.ndarray:  # fmt: skip
+    """The walk's label map (H, W) uint8 of one image from its AffinityNet ``features`` (D, h, w)
+    and :func:`walk_seeds`."""
     grid = tuple(features.shape[-2:])
     walk = random_walk_from_features(pool_to_grid(seeds, grid, model.stride), features,
                                      p.radius, p.beta, p.logt, p.get("sources", "all"))  # fmt: skip
@@ -75,14 +79,8 @@ def held_out_ids(ctx: StageContext) -> list[str]:
         return []
     if not list(p.get("bg_alphas") or []):
         raise ValueError("stages.random_walk.bg_alpha=holdout needs a non-empty stages.random_walk.bg_alphas")
-    held = threshold_ids_with_gt(ctx)
-    if not held:
-        raise MissingGroundTruthError(
-            "random_walk: bg_alpha=holdout needs held-out images with GT masks "
-            f"(protocol.holdout_split={ctx.cfg.protocol.holdout_split!r}); set "
-            "stages.random_walk.bg_alpha to a number (PSA: 16)"
-        )
-    return held
+    return required_threshold_ids(ctx, "random_walk: bg_alpha=holdout",
+                                  "stages.random_walk.bg_alpha to a number (PSA: 16)")
 
 
 def preflight(ctx: StageContext) -> None:
@@ -106,7 +104,7 @@ def holdout_bg_alpha(ctx: StageContext, model: torch.nn.Module, cam_dir, held: l
         features = model(item["image"][None].to(device))[0].cpu()
         gt = torch.from_numpy(gt_src.load_mask(item["name"]).astype(np.int64))
         for alpha, score in zip(alphas, scores):
-            label = walk_label(model, features, cams, lut, item["size"], alpha, p)
+            label = walk_label(model, features, walk_seeds(cams, alpha), lut, item["size"], p)
             score.update(torch.from_numpy(label).long(), gt)
     mious = [float(score.compute()["miou"]) for score in scores]
     best = int(np.argmax(mious))
@@ -133,12 +131,12 @@ def _run(ctx: StageContext) -> dict:
         name, size = item["name"], item["size"]
         arrays = load_npz(cam_file(cam_dir, name))
         cams, lut = torch.from_numpy(arrays["cams"]), _lut(arrays["keys"])
-        seeds = torch.cat([background_power(cams, bg_alpha)[None], cams])
+        seeds = walk_seeds(cams, bg_alpha)
         path = ctx.out_dir / "labels" / f"{name}.png"
         label = done_label(path)  # written by an interrupted attempt
         if label is None:
             features = model(item["image"][None].to(next(model.parameters()).device))[0].cpu()
-            label = walk_label(model, features, cams, lut, size, bg_alpha, p)
+            label = walk_label(model, features, seeds, lut, size, p)
             save_label_png(path, label)
         walked.update(name, label)
         seeded.update(name, lut[seeds.argmax(0)].numpy())

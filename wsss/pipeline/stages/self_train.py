@@ -52,13 +52,12 @@ from wsss.pipeline.image_sets import (
     eval_ids,
     images_of,
     no_gt_note,
+    required_threshold_ids,
     source,
     stage_images,
-    threshold_ids_with_gt,
     with_gt,
 )
 from wsss.pipeline.models import fit_on_labels, init_from
-from wsss.pipeline.protocol import MissingGroundTruthError
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 log = logging.getLogger(__name__)
@@ -159,14 +158,8 @@ def held_out_ids(ctx: StageContext, mode: str) -> list[str]:
         raise ValueError(f"stages.self_train.select_round must be one of {SELECT_MODES}, got {mode!r}")
     if mode == "last":
         return []
-    held = threshold_ids_with_gt(ctx)
-    if not held:
-        raise MissingGroundTruthError(
-            "self_train: select_round=holdout needs held-out images with GT masks "
-            f"(protocol.holdout_split={ctx.cfg.protocol.holdout_split!r}); set "
-            "stages.self_train.select_round=last to keep the last round"
-        )
-    return held
+    return required_threshold_ids(ctx, "self_train: select_round=holdout",
+                                  "stages.self_train.select_round=last to keep the last round")
 
 
 def preflight(ctx: StageContext) -> None:
