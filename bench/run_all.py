@@ -312,8 +312,9 @@ def cam_reference(model, image, scales, labels=None):
 
 def bench_cam(args) -> list[dict]:
     """The reference vs ``make_cam``'s own code: ``CAMInference.predict_step`` on a network
-    prepared by ``perf.prepare_for_predict`` and an image made NHWC as ``PerfCallback`` does,
-    with the default ``perf`` settings (BN folded, 1x1 convs on oneDNN, channels_last)."""
+    prepared by ``perf.prepare_for_predict`` and an image made NHWC as ``PerfCallback`` does;
+    each row adds one ``perf`` setting, the last is the default (BN folded, ReLU and residual
+    add fused into the oneDNN convolutions, the other 1x1 convs on oneDNN, channels_last)."""
     from wsss import perf
     from wsss.pipeline.cam_inference import CAMInference
 
@@ -322,7 +323,9 @@ def bench_cam(args) -> list[dict]:
     name = "resnet50"
     defaults = perf.PerfSettings()
     plain = _cam_model(name)
-    nhwc = perf.prepare_for_predict(_cam_model(name), perf.PerfSettings(fold_bn=False, onednn_conv=False))
+    nhwc = perf.prepare_for_predict(_cam_model(name), perf.PerfSettings(fold_bn=False, onednn_conv=False,
+                                                                        fuse_conv=False))
+    folded = perf.prepare_for_predict(_cam_model(name), perf.PerfSettings(fuse_conv=False))
     default = perf.prepare_for_predict(_cam_model(name), defaults)
     image = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(20)
@@ -338,18 +341,23 @@ def bench_cam(args) -> list[dict]:
     variants = {"ref": lambda: cam_reference(plain, image, scales, labels),
                 "batched": lambda: stage(plain, False),
                 "nhwc": lambda: stage(nhwc, True),
+                "folded": lambda: stage(folded, True),
                 "default": lambda: stage(default, defaults.channels_last_predict)}  # fmt: skip
     times = interleaved(variants, rounds=2, once=("ref",))  # plain's warm-up warms ref too
     ref = cam_reference(plain, image, scales, labels)
-    diffs = {k: rel_diff(variants[k](), ref) for k in ("batched", "nhwc", "default")}
+    diffs = {k: rel_diff(variants[k](), ref) for k in ("batched", "nhwc", "folded", "default")}
+    same = torch.equal(variants["default"](), variants["folded"]())
     what = f"MS+flip CAM, ResNet-50, {w}×{h}, scales {list(scales)}, 3 classes present"
     ref_name = "each scale and flip alone"
     return [row(f"{what}, image+flip batched", times["ref"], times["batched"],
                 f"rel. diff {diffs['batched']:.1e}", ref_name=ref_name),
             row(f"{what}, + channels_last", times["ref"], times["nhwc"],
                 f"rel. diff {diffs['nhwc']:.1e}", ref_name=ref_name),
-            row(f"{what}, + BN folded, 1x1 convs on oneDNN: make_cam's code (default `perf`)",
-                times["ref"], times["default"], f"rel. diff {diffs['default']:.1e}", "≤ 0.70",
+            row(f"{what}, + BN folded, 1x1 convs on oneDNN", times["ref"], times["folded"],
+                f"rel. diff {diffs['folded']:.1e}", ref_name=ref_name),
+            row(f"{what}, + ReLU and residual add fused into the convs: make_cam's code (default `perf`)",
+                times["ref"], times["default"],
+                f"rel. diff {diffs['default']:.1e}; bit-identical to the row above: {same}", "≤ 0.70",
                 ref_name=ref_name)]  # fmt: skip
 
 

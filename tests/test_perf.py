@@ -211,6 +211,62 @@ def test_onednn_convolutions_keep_state_and_results() -> None:
         model.backbone.layer4[0].downsample[0](torch.randn(1, 256, 4, 4, requires_grad=True)).sum().backward()
 
 
+@pytest.mark.parametrize("fmt", [CL, torch.contiguous_format])
+@torch.no_grad()
+def test_fuse_conv_postops_matches_the_unfused_network(fmt) -> None:
+    model, reference = _classifier(), _classifier()
+    perf.fold_batchnorm(model), perf.fold_batchnorm(reference)
+    keys = list(model.state_dict())
+    x = torch.randn(2, 3, 29, 37).contiguous(memory_format=fmt)
+    expected = reference.backbone(x)
+    # ResNet-18: stem conv+ReLU, then per block conv1+ReLU and conv2+add+ReLU
+    assert perf.fuse_conv_postops(model) > 0
+    fused = [m for m in model.backbone._wsss_fused_graph.modules() if isinstance(m, perf.FusedConv2d)]
+    assert len(fused) == 17 and sum(m.add for m in fused) == 8 and all(m.relu for m in fused)
+    # layer1.0 adds the stem's max-pool output (not a conv's: no in-place); the 7 others may write
+    # into their residual, which nothing reads afterwards
+    assert sum(m.inplace_add for m in fused) == 7
+    assert list(model.state_dict()) == keys and perf.fuse_conv_postops(model) == 0
+    out = model.backbone(x)
+    for level in expected:  # every returned level, even those a later block adds in place
+        torch.testing.assert_close(out[level], expected[level], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.cam(x), reference.cam(x), rtol=1e-5, atol=1e-6)
+    assert model.backbone.last == "layer4"  # attributes and methods stay
+    with torch.enable_grad():  # gradients take the unfused path
+        y = torch.randn(1, 3, 16, 16, requires_grad=True)
+        model.backbone(y)["layer4"].sum().backward()
+        assert y.grad is not None and y.grad.abs().sum() > 0
+
+
+class _Residual(nn.Module):
+    """``b``'s output is added after ``c``, then read again: it must not be overwritten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skip = self.b(x)
+        out = torch.relu(self.c(F.relu(self.a(x))) + skip)
+        return out, skip * 2
+
+
+@torch.no_grad()
+def test_fuse_conv_postops_never_overwrites_a_tensor_read_later() -> None:
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    x = torch.randn(2, 3, 9, 11)
+    out, skip = model(x)
+    assert perf.fuse_conv_postops(model) == 2
+    fused = [m for m in model._wsss_fused_graph.modules() if isinstance(m, perf.FusedConv2d)]
+    assert [(m.relu, m.add, m.inplace_add) for m in fused] == [(True, False, False), (True, True, False)]
+    got_out, got_skip = model(x)
+    torch.testing.assert_close(got_out, out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_skip, skip, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="without a tensor to add"):
+        fused[1](torch.randn(2, 4, 9, 11))
+
+
 def test_prediction_trainer_runs_the_prepared_network() -> None:
     """make_cam's path: Trainer.predict of CAMInference folds, routes and converts the network."""
     from wsss.pipeline.cam_inference import CAMInference

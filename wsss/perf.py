@@ -6,8 +6,8 @@ Methods (LightningModules) know nothing about memory formats or compilation. The
 * every Trainer built by ``StageContext.trainer`` gets :class:`PerfCallback`, which converts the
   module (and each batch's ``image``) to ``channels_last`` when fitting / predicting as set, and
   optionally ``torch.compile``\\ s the backbone; before a prediction (``make_cam``) it also folds
-  eval BatchNorms into convolutions and sends 1x1 convolutions to oneDNN
-  (:func:`prepare_for_predict`);
+  eval BatchNorms into convolutions, fuses each convolution's ReLU / residual addition into it
+  and sends the other 1x1 convolutions to oneDNN (:func:`prepare_for_predict`);
 * every model loaded for inference (``wsss.pipeline.context.load_model``: CAMs outside
   ``make_cam``, evaluation, walks, ...) goes through :func:`prepare_for_inference`.
 
@@ -19,6 +19,7 @@ kernels, so results agree to float rounding (CAMs: max abs diff ~1e-6 of maps of
 from __future__ import annotations
 
 import logging
+import operator
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,12 +27,13 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OneDNNConv2d", "PerfCallback", "PerfSettings", "callbacks", "configure", "fold_batchnorm",
-           "images_to_channels_last", "prepare_for_inference", "prepare_for_predict", "settings",
+__all__ = ["FusedConv2d", "OneDNNConv2d", "PerfCallback", "PerfSettings", "callbacks", "configure",
+           "fold_batchnorm", "fuse_conv_postops", "images_to_channels_last", "prepare_for_inference", "prepare_for_predict", "settings",
            "to_channels_last", "use_onednn_convolutions"]
 
 
@@ -52,6 +54,10 @@ class PerfSettings:
         onednn_conv: Trainer predictions run every CPU float32 convolution through oneDNN
             (:func:`use_onednn_convolutions`); PyTorch's own heuristic sends 1x1 convolutions to
             its native kernel when it has one thread, which is slower in NHWC.
+        fuse_conv: Trainer predictions run a convolution's following ReLU and residual addition
+            inside the oneDNN convolution (:func:`fuse_conv_postops`): one pass over each
+            activation instead of three. Pairs with ``fold_bn`` (a convolution followed by a
+            BatchNorm has nothing to fuse).
     """
 
     channels_last_fit: bool = False
@@ -59,6 +65,7 @@ class PerfSettings:
     compile: bool = False
     fold_bn: bool = True
     onednn_conv: bool = True
+    fuse_conv: bool = True
 
 
 _SETTINGS = PerfSettings()
@@ -71,10 +78,10 @@ def configure(node: Mapping[str, Any] | None) -> PerfSettings:
     """
     global _SETTINGS
     node = dict(node or {})
-    unknown = set(node) - {"channels_last", "compile", "fold_bn", "onednn_conv"}
+    unknown = set(node) - {"channels_last", "compile", "fold_bn", "onednn_conv", "fuse_conv"}
     if unknown:
         raise KeyError(f"perf has unknown keys {sorted(unknown)}; expected channels_last, compile, "
-                       "fold_bn, onednn_conv")
+                       "fold_bn, onednn_conv, fuse_conv")
     fit, predict = PerfSettings.channels_last_fit, PerfSettings.channels_last_predict
     value = node.get("channels_last")
     if isinstance(value, bool):
@@ -87,7 +94,8 @@ def configure(node: Mapping[str, Any] | None) -> PerfSettings:
     _SETTINGS = PerfSettings(channels_last_fit=fit, channels_last_predict=predict,
                              compile=bool(node.get("compile", False)),
                              fold_bn=bool(node.get("fold_bn", PerfSettings.fold_bn)),
-                             onednn_conv=bool(node.get("onednn_conv", PerfSettings.onednn_conv)))
+                             onednn_conv=bool(node.get("onednn_conv", PerfSettings.onednn_conv)),
+                             fuse_conv=bool(node.get("fuse_conv", PerfSettings.fuse_conv)))
     return _SETTINGS
 
 
@@ -120,7 +128,7 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         from wsss.models.norm import FrozenBatchNorm2d
 
-        return isinstance(m, FrozenBatchNorm2d) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (FrozenBatchNorm2d, FusedConv2d)) or super().is_leaf_module(m, qualname)
 
 
 @torch.no_grad()
@@ -220,14 +228,196 @@ def use_onednn_convolutions(module: nn.Module) -> int:
     return count
 
 
+def _fused_format(x: Tensor) -> torch.memory_format | None:
+    """The layout oneDNN keeps for ``x`` (its output has the same), None if neither dense one."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
+
+
+class FusedConv2d(nn.Module):
+    """``relu?(conv(x) [+ other])`` as one oneDNN convolution with post-ops
+    (``torch.ops.mkldnn._convolution_pointwise``) for CPU float32 inference; the same unfused
+    ops otherwise (GPU, other dtypes, gradients, shapes or layouts that do not line up).
+
+    The ReLU is exact and the addition is the same float32 add, so results are the unfused
+    network's to the bit whenever PyTorch would run the convolution on oneDNN too
+    (``tests/test_perf.py``). With ``inplace_add`` the sum is accumulated into ``other``'s
+    memory (oneDNN's cheaper "sum" post-op): :func:`fuse_conv_postops` sets it only where
+    nothing reads ``other`` afterwards. Wraps (shares) the convolution module.
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, add: bool, inplace_add: bool = False) -> None:
+        super().__init__()
+        self.conv = conv
+        self.relu, self.add, self.inplace_add = bool(relu), bool(add), bool(inplace_add and add)
+
+    def extra_repr(self) -> str:
+        return f"relu={self.relu}, add={self.add}, inplace_add={self.inplace_add}"
+
+    def _out_shape(self, x: Tensor) -> tuple[int, ...]:
+        c = self.conv
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                zip(x.shape[-2:], c.padding, c.dilation, c.kernel_size, c.stride)]  # fmt: skip
+        return (x.shape[0], c.out_channels, *size)
+
+    def _fusable(self, x: Tensor, other: Tensor | None) -> bool:
+        c = self.conv
+        if not (x.device.type == "cpu" and x.dtype == torch.float32 and c.weight.dtype == torch.float32
+                and x.ndim == 4 and not torch.is_grad_enabled() and c.padding_mode == "zeros"
+                and not isinstance(c.padding, str) and torch.backends.mkldnn.is_available()):
+            return False
+        if other is None:
+            return True
+        fmt = _fused_format(x)
+        return (fmt is not None and other.dtype == torch.float32 and other.device.type == "cpu"
+                and tuple(other.shape) == self._out_shape(x) and other.is_contiguous(memory_format=fmt))
+
+    def forward(self, x: Tensor, other: Tensor | None = None) -> Tensor:
+        c = self.conv
+        if (other is None) == self.add:
+            raise ValueError(f"FusedConv2d(add={self.add}) called with{'out' if self.add else ''} a tensor to add")
+        if not self._fusable(x, other):
+            y = c(x)
+            y = y + other if other is not None else y
+            return torch.relu(y) if self.relu else y
+        geometry = (list(c.padding), list(c.stride), list(c.dilation), c.groups)
+        unary = "relu" if self.relu else None
+        if other is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, c.weight, c.bias, *geometry, unary or "none", [], "")
+        op = torch.ops.mkldnn._convolution_pointwise_ if self.inplace_add else torch.ops.mkldnn._convolution_pointwise
+        args = (other, x) if self.inplace_add else (x, other)
+        return op.binary(*args, c.weight, c.bias, *geometry, "add", None, unary, [], "")
+
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+def _is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return type(modules.get(node.target)) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in (F.relu, torch.relu, torch.relu_)
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _is_add(node: torch.fx.Node) -> bool:
+    if node.op == "call_function" and node.target in _ADDS:
+        return len(node.args) == 2 and not node.kwargs
+    return node.op == "call_method" and node.target in ("add", "add_") and len(node.args) == 2 and not node.kwargs
+
+
+def _single_user(node: torch.fx.Node) -> torch.fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _dead_after(other: torch.fx.Node, add: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``other`` may be overwritten by ``add``: a fresh tensor made inside this graph
+    (a convolution's output, not an input, a constant or a view), read by nothing after ``add``
+    and by nothing before it that could keep an alias (only convolutions may read it too)."""
+    if other.op != "call_module" or not isinstance(modules.get(other.target), (nn.Conv2d, FusedConv2d)):
+        return False
+    order = {n: i for i, n in enumerate(add.graph.nodes)}
+    for user in other.users:
+        if user is add:
+            continue
+        if order[user] > order[add] or user.op != "call_module" or \
+                not isinstance(modules.get(user.target), (nn.Conv2d, FusedConv2d)):
+            return False
+    return True
+
+
+def _fuse_graph(gm: torch.fx.GraphModule) -> int:
+    graph, modules = gm.graph, dict(gm.named_modules())
+    for node in list(graph.nodes):  # eval BatchNorms folded away leave Identity calls behind
+        if node.op == "call_module" and type(modules.get(node.target)) is nn.Identity and len(node.args) == 1:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    fused = 0
+    for node in list(graph.nodes):
+        conv = modules.get(node.target) if node.op == "call_module" else None
+        if type(conv) not in (nn.Conv2d, OneDNNConv2d) or len(node.args) != 1 or node.kwargs:
+            continue
+        user = _single_user(node)
+        if user is None:
+            continue
+        other = add = None
+        if _is_add(user) and user.args[0] is not user.args[1]:
+            add = user
+            other = add.args[1] if add.args[0] is node else add.args[0]
+            if not isinstance(other, torch.fx.Node):
+                continue
+            after = _single_user(add)
+            relu = after if after is not None and _is_relu(after, modules) else None
+        elif _is_relu(user, modules):
+            relu = user
+        else:
+            continue
+        last = relu if relu is not None else add
+        name = f"{node.target.replace('.', '_')}_fused"
+        module = FusedConv2d(conv, relu=relu is not None, add=add is not None,
+                             inplace_add=add is not None and _dead_after(other, add, modules))
+        gm.add_submodule(name, module)
+        modules[name] = module
+        with graph.inserting_before(last):
+            new = graph.call_module(name, (node.args[0],) if add is None else (node.args[0], other))
+        last.replace_all_uses_with(new)
+        for dead in (relu, add, node):
+            if dead is not None and not dead.users:
+                graph.erase_node(dead)
+        fused += 1
+    if fused:
+        graph.lint()
+        gm.recompile()
+    return fused
+
+
+def fuse_conv_postops(module: nn.Module) -> int:
+    """Fuse each convolution's following ReLU and/or residual addition into it (in place; returns
+    how many convolutions were fused). For CPU float32 inference, after :func:`fold_batchnorm`
+    (a convolution followed by a BatchNorm has nothing to fuse).
+
+    Every submodule whose ``forward`` traces with ``torch.fx`` (others are searched child by
+    child) gets a rewritten graph as its ``forward``: ``conv [-> Identity] -> relu``,
+    ``conv -> add`` and ``conv -> add -> relu`` become one :class:`FusedConv2d` call (the
+    module's class, attributes and methods stay, so ``backbone.last`` or ``model.cam`` work as
+    before). ResNets lose every separate ReLU and residual addition pass; results are the
+    unfused network's to the bit where PyTorch runs the convolution on oneDNN. Calling it again
+    does nothing.
+    """
+    fused = 0
+    for m in list(module.modules()):
+        if getattr(m, "_wsss_postops_fused", False) or isinstance(m, FusedConv2d) or \
+                not any(isinstance(c, nn.Conv2d) for c in m.modules()):
+            continue
+        if m is not module and type(m).__module__.startswith("torch.nn") and not isinstance(m, nn.Sequential):
+            continue  # a leaf of every trace (Conv2d itself, ...)
+        try:
+            graph = _Tracer().trace(m)
+        except Exception:  # noqa: BLE001 - untraceable forward: its children are tried on their own
+            continue
+        gm = torch.fx.GraphModule(m, graph, class_name=f"{type(m).__name__}Fused")
+        count = _fuse_graph(gm)
+        if count:
+            object.__setattr__(m, "_wsss_fused_graph", gm)  # not a submodule: no new state_dict keys
+            m.forward = gm.forward
+            fused += count
+        m._wsss_postops_fused = True
+    log.debug("fused %d convolutions with their ReLU / residual addition", fused)
+    return fused
+
+
 def prepare_for_predict(module: nn.Module, perf: PerfSettings | None = None) -> nn.Module:
     """What every Trainer prediction (``make_cam``) runs on, in place: eval BatchNorms folded
-    (``fold_bn``), 1x1 convolutions through oneDNN (``onednn_conv``), NHWC
+    (``fold_bn``), ReLUs and residual additions fused into the convolutions before them
+    (``fuse_conv``), the other 1x1 convolutions through oneDNN (``onednn_conv``), NHWC
     (``channels_last.predict``). For inference only: call on an eval-mode module that is not
     trained or saved afterwards."""
     perf = perf or _SETTINGS
     if perf.fold_bn:
         fold_batchnorm(module)
+    if perf.fuse_conv:
+        fuse_conv_postops(module)
     if perf.onednn_conv:
         use_onednn_convolutions(module)
     return to_channels_last(module) if perf.channels_last_predict else module
