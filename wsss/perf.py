@@ -394,7 +394,8 @@ def fuse_conv_postops(module: nn.Module) -> int:
             continue  # a leaf of every trace (Conv2d itself, ...)
         try:
             graph = _Tracer().trace(m)
-        except Exception:  # noqa: BLE001 - untraceable forward: its children are tried on their own
+        except Exception as error:  # noqa: BLE001 - untraceable forward: its children are tried on their own
+            log.debug("fuse_conv_postops: %s not traceable (%s)", type(m).__name__, error)
             continue
         gm = torch.fx.GraphModule(m, graph, class_name=f"{type(m).__name__}Fused")
         count = _fuse_graph(gm)
