@@ -146,3 +146,42 @@ def test_walks_same_with_one_or_two_processes(pipeline: str, stages: list[str], 
     for key in ("miou", "miou_seeds", "num_evaluated"):
         assert metrics[key] == pytest.approx(single[key], abs=1e-9), key
     assert metrics["phenomena"] == single["phenomena"]  # ratios of the same summed pixel counts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_relation_labels_same_with_one_or_two_processes(tiny_cfg, synthetic_root: Path, tmp_path: Path) -> None:
+    """IRNet's and AffinityNet's CRF relation labels shard their images over DDP ranks: two
+    processes (DDP started by make_cam's Trainer) write the same PNGs and report the same scores
+    as one process."""
+    stages = ["make_ir_labels", "make_affinity_labels"]
+    extra = ["pipeline=irnet", "+stage@stages.make_affinity_labels=make_affinity_labels",
+             "pipeline.order=[train_cls,make_cam,eval_cam,make_ir_labels,make_affinity_labels]",
+             "stages.make_ir_labels.num_workers=0", "stages.make_affinity_labels.num_workers=0"]  # fmt: skip
+    one = tmp_path / "one"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the DDP processes (OMP_NUM_THREADS=1)
+    try:
+        single = run_pipeline(tiny_cfg(*extra), one)
+    finally:
+        torch.set_num_threads(threads)
+    two = tmp_path / "two"
+    overrides = [*TINY, f"data.synthetic.root={synthetic_root}", f"paths.log_dir={tmp_path}/logs", *extra,
+                 f"pipeline.from_run={one}", f"pipeline.only=[make_cam,{','.join(stages)}]", "trainer=cpu",
+                 "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={two}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=env, check=False,
+                          capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank1 = (two / "train_ddp_process_1.log").read_text()
+    for stage in stages:
+        assert f"stage {stage}\n" in rank1  # rank 1 labelled its share
+        labels = sorted((one / "stages" / stage / "labels").glob("*.png"))
+        assert len(labels) == single[stage]["num_images"] > 0
+        assert sorted(p.name for p in (two / "stages" / stage / "labels").glob("*.png")) == [p.name for p in labels]
+        for path in labels:
+            np.testing.assert_array_equal(load_label_png(path), load_label_png(two / "stages" / stage / "labels" / path.name))
+        metrics = json.loads((two / "stages" / stage / "metrics.json").read_text())
+        for key in ("miou", "miou_confident", "ignored_fraction", "num_evaluated"):
+            assert metrics[key] == pytest.approx(single[stage][key], abs=1e-9), (stage, key)
+        assert metrics["phenomena"] == single[stage]["phenomena"]

@@ -24,7 +24,7 @@ from wsss.io import save_label_png
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import load_cams, load_rgb, source
-from wsss.pipeline.per_image import done_label, run_per_image
+from wsss.pipeline.per_image import done_label, run_per_image, shard
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
@@ -51,8 +51,9 @@ def run(ctx: StageContext) -> dict:
     work = functools.partial(_affinity_label, cam_dir=cam_dir_of(ctx.read("cams")), src=src,
                              out_dir=ctx.out_dir / "labels", low=float(p.low_alpha),
                              high=float(p.high_alpha), crf=crf)  # fmt: skip
-    score = LabelScore(ctx)
-    for item in run_per_image(src.ids, work, p.num_workers, "make_affinity_labels"):
+    # Under DDP (all_ranks) every rank labels its share of the images; the scores are summed.
+    score = LabelScore(ctx, sharded=True)
+    for item in run_per_image(shard(src.ids), work, p.num_workers, "make_affinity_labels"):
         score.update(item["id"], item["label"])
     return {"split": p.split, "num_images": len(src.ids), "label_dir": "labels",
             "low_alpha": float(p.low_alpha), "high_alpha": float(p.high_alpha), **score.result(),

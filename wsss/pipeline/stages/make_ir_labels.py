@@ -23,7 +23,7 @@ from wsss.io import save_label_png
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext
 from wsss.pipeline.image_sets import load_cams, load_rgb, source
-from wsss.pipeline.per_image import done_label, run_per_image
+from wsss.pipeline.per_image import done_label, run_per_image, shard
 from wsss.pipeline.scoring import LabelScore, cam_baseline
 
 
@@ -52,8 +52,9 @@ def run(ctx: StageContext) -> dict:
     crf = OmegaConf.to_container(p.crf_params, resolve=True)
     work = functools.partial(_ir_label, cam_dir=cam_dir_of(ctx.read("cams")), src=src, out_dir=ctx.out_dir / "labels",
                              fg=float(p.fg_threshold), bg=float(p.bg_threshold), crf=crf)
-    score = LabelScore(ctx)
-    for item in run_per_image(src.ids, work, p.num_workers, "make_ir_labels"):
+    # Under DDP (all_ranks) every rank labels its share of the images; the scores are summed.
+    score = LabelScore(ctx, sharded=True)
+    for item in run_per_image(shard(src.ids), work, p.num_workers, "make_ir_labels"):
         score.update(item["id"], item["label"])
     return {"split": p.split, "num_images": len(src.ids), "label_dir": "labels",
             "fg_threshold": float(p.fg_threshold), "bg_threshold": float(p.bg_threshold),
