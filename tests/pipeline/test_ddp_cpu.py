@@ -105,24 +105,30 @@ def test_cam_chain_same_with_one_or_two_processes(tiny_cfg, synthetic_root: Path
     ("affinitynet", ["train_affinity", "random_walk"],
      ["stages.make_affinity_labels.num_workers=0", "stages.train_affinity.max_epochs=1",
       "stages.train_affinity.crop_size=48", "stages.train_affinity.batch_size=8", "stages.random_walk.logt=4"]),
-    ("irnet", ["train_irn", "calibrate_irn", "make_sem_seg_labels"],
+    ("irnet", ["train_irn", "calibrate_irn", "make_sem_seg_labels", "make_ins_seg_labels"],
      ["stages.make_ir_labels.num_workers=0", "stages.train_irn.max_epochs=1", "stages.train_irn.crop_size=48",
       "stages.train_irn.batch_size=8", "stages.train_irn.module.radius=5", "stages.make_sem_seg_labels.exp_times=4"]),
 ])  # fmt: skip
 def test_walks_same_with_one_or_two_processes(pipeline: str, stages: list[str], extra: list[str], tiny_cfg,
                                               synthetic_root: Path, tmp_path: Path) -> None:  # fmt: skip
-    """The random walks (AffinityNet's and IRNet's) shard their images over DDP ranks: two
-    processes write the same label PNGs and report the same scores as one process walking with
-    the same network. (DDP starts with the first Trainer, so the walk runs after its training.)"""
+    """The random walks (AffinityNet's, IRNet's semantic and instance walks) shard their images
+    over DDP ranks: two processes write the same label PNGs / instance files and report the same
+    scores as one process walking with the same network. (DDP starts with the first Trainer, so
+    the walk runs after its training.)"""
+    instances = stages[-1] == "make_ins_seg_labels"
+    if instances:
+        stages = stages[:-1]
     stage = stages[-1]
     extra = [f"pipeline={pipeline}", *extra]
     chain = list(tiny_cfg(*extra).pipeline.order)
-    upto = f"pipeline.order=[{','.join(chain[: chain.index(stage) + 1])}]"
+    last = "make_ins_seg_labels" if instances else stage
+    walks = [stage, *(["make_ins_seg_labels"] if instances else [])]
+    upto = f"pipeline.order=[{','.join(chain[: chain.index(last) + 1])}]"
     base = tmp_path / "base"  # the classifier, CAMs and relation labels, one process
     run_pipeline(tiny_cfg(*extra, f"pipeline.order=[{','.join(chain[: chain.index(stages[0])])}]"), base)
     two = tmp_path / "two"
     overrides = [*TINY, f"data.synthetic.root={synthetic_root}", f"paths.log_dir={tmp_path}/logs", *extra, upto,
-                 f"pipeline.from_run={base}", f"pipeline.only=[{','.join(stages)}]", "trainer=cpu",
+                 f"pipeline.from_run={base}", f"pipeline.only=[{','.join([*stages, *walks[1:]])}]", "trainer=cpu",
                  "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={two}"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=env, check=False,
@@ -133,10 +139,22 @@ def test_walks_same_with_one_or_two_processes(pipeline: str, stages: list[str], 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the DDP processes (OMP_NUM_THREADS=1)
     try:
-        single = run_pipeline(tiny_cfg(*extra, upto, f"pipeline.from_run={two}", f"pipeline.only=[{stage}]"),
-                              one)[stage]  # fmt: skip
+        results = run_pipeline(tiny_cfg(*extra, upto, f"pipeline.from_run={two}", f"pipeline.only=[{','.join(walks)}]"),
+                               one)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
+    single = results[stage]
+    if instances:
+        found = sorted((one / "stages/make_ins_seg_labels/instances").glob("*.npz"))
+        assert len(found) == results["make_ins_seg_labels"]["num_images"] > 0
+        assert "stage make_ins_seg_labels\n" in (two / "train_ddp_process_1.log").read_text()
+        for path in found:
+            a, b = load_npz(path), load_npz(two / "stages/make_ins_seg_labels/instances" / path.name)
+            for key in ("masks", "classes", "scores"):
+                np.testing.assert_array_equal(a[key], b[key])
+        metrics = json.loads((two / "stages/make_ins_seg_labels/metrics.json").read_text())
+        for key in ("ap50", "num_instances", "num_evaluated"):
+            assert metrics[key] == pytest.approx(results["make_ins_seg_labels"][key], abs=1e-9), key
     labels = sorted((one / "stages" / stage / "labels").glob("*.png"))
     assert len(labels) == single["num_images"] > 0
     assert sorted(p.name for p in (two / "stages" / stage / "labels").glob("*.png")) == [p.name for p in labels]

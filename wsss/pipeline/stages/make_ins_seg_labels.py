@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from wsss.functional.irn import instance_masks_from_walk, instances_from_displacement
-from wsss.io import save_npz
+from wsss.io import load_npz, save_npz
 from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from_semantic
 from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
-from wsss.pipeline.context import StageContext, read_metrics
+from wsss.pipeline.context import StageContext, barrier, rank, read_metrics
 from wsss.pipeline.image_sets import (
     eval_ids,
     load_cams,
@@ -35,7 +35,9 @@ from wsss.pipeline.image_sets import (
 )
 from wsss.pipeline.irn_seeds import STRIDE, seed_floor, walk_seeds
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
-from wsss.pipeline.per_image import done_npz
+from wsss.pipeline.per_image import done_npz, reduce_sum, shard
+
+INSTANCE_KEYS = ("masks", "classes", "scores")
 
 
 def gt_instances(src, image_id: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -75,15 +77,17 @@ def _run(ctx: StageContext) -> dict:
     reported = set(eval_ids(ctx, ctx.cfg.protocol.eval_split))
     evaluated = set(with_gt(gt_src, reported))  # only images with a GT mask are scored
     dataset = stage_images(ctx, [p.split], include_holdout=False)
-    preds: dict[str, list] = {"masks": [], "classes": [], "scores": [], "gt_masks": [], "gt_classes": []}
-    gt_kinds, num_instances = set(), 0
-    for index in progress(range(len(dataset)), desc="make_ins_seg_labels"):
+    instance_dir = ctx.out_dir / "instances"
+    # Under DDP (all_ranks) every rank labels its share of the images; APr50 is then computed from
+    # the written files (every rank, the same numbers), as it ranks all predictions together.
+    num_instances = 0
+    for index in progress(shard(range(len(dataset))), desc="make_ins_seg_labels"):
         item = dataset[index]
         name, size = item["name"], item["size"]
-        cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
-        path = ctx.out_dir / "instances" / f"{name}.npz"
-        result = done_npz(path, ("masks", "classes", "scores"))  # written by an interrupted attempt
+        path = instance_dir / f"{name}.npz"
+        result = done_npz(path, INSTANCE_KEYS)  # written by an interrupted attempt
         if result is None:
+            cams, keys = (torch.from_numpy(a) for a in load_cams(cam_dir, name))
             boundary, displacement = model.edge_displacement(item["image"])
             instance_map = instances_from_displacement(displacement, p.displacement_threshold, p.n_iter)
             result = instance_masks_from_walk(
@@ -93,13 +97,18 @@ def _run(ctx: StageContext) -> dict:
             )
             save_npz(path, **result)
         num_instances += len(result["scores"])
-        if name in evaluated:
-            gt_masks, gt_classes, kind = gt_instances(gt_src, name)
-            gt_kinds.add(kind)
-            for key, value in (("masks", result["masks"]), ("classes", result["classes"]),
-                               ("scores", result["scores"]), ("gt_masks", gt_masks),
-                               ("gt_classes", gt_classes)):  # fmt: skip
-                preds[key].append(value)
+    barrier()  # every rank's instance files are written
+    num_instances = int(reduce_sum([num_instances])[0])
+    preds: dict[str, list] = {"masks": [], "classes": [], "scores": [], "gt_masks": [], "gt_classes": []}
+    gt_kinds = set()
+    for name in (i for i in dataset.source.ids if i in evaluated):
+        result = load_npz(instance_dir / f"{name}.npz")
+        gt_masks, gt_classes, kind = gt_instances(gt_src, name)
+        gt_kinds.add(kind)
+        for key, value in (("masks", result["masks"]), ("classes", result["classes"]),
+                           ("scores", result["scores"]), ("gt_masks", gt_masks),
+                           ("gt_classes", gt_classes)):  # fmt: skip
+            preds[key].append(value)
     ap50, per_class = None, {}
     if preds["masks"]:
         ap = eval_instance_segmentation_voc(preds["masks"], preds["classes"], preds["scores"],
@@ -115,10 +124,10 @@ def _run(ctx: StageContext) -> dict:
            "includes": "IRN instance pseudo labels (displacement clustering + boundary random walk, "
                        f"bg {bg:.2f}); APr50 (VOC) vs GT instances from {gt_from}"
                        + (" (connected components of the semantic GT)" if "semantic" in gt_kinds else "")}
-    if p.get("coco_json"):  # the instances as one COCO annotation file (RLE masks)
+    if p.get("coco_json") and rank() == 0:  # the instances as one COCO annotation file (RLE masks)
         from wsss.data.coco_export import instance_dir_to_coco
 
-        counts = instance_dir_to_coco(ctx.out_dir / "instances", ctx.out_dir / "instances_coco.json",
+        counts = instance_dir_to_coco(instance_dir, ctx.out_dir / "instances_coco.json",
                                       gt_src.class_names, lambda i: dataset.source.image_path(i).name)
         out.update(coco_json="instances_coco.json", coco_annotations=counts["annotations"])
     if not preds["masks"]:
