@@ -236,6 +236,8 @@ def test_fuse_conv_postops_matches_the_unfused_network(fmt) -> None:
         y = torch.randn(1, 3, 16, 16, requires_grad=True)
         model.backbone(y)["layer4"].sum().backward()
         assert y.grad is not None and y.grad.abs().sum() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast too: bf16 as unfused
+        assert model.backbone(x)["layer4"].dtype == reference.backbone(x)["layer4"].dtype == torch.bfloat16
 
 
 class _Residual(nn.Module):

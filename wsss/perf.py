@@ -199,13 +199,13 @@ def fold_batchnorm(module: nn.Module) -> int:
 
 class OneDNNConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose CPU float32 inference forward always uses oneDNN
-    (``torch.mkldnn_convolution``); anything else (GPU, other dtypes, gradients, non-zero padding
-    modes) takes the usual path. Same parameters and state_dict as ``nn.Conv2d``."""
+    (``torch.mkldnn_convolution``); anything else (GPU, other dtypes, autocast, gradients,
+    non-zero padding modes) takes the usual path. Same parameters and state_dict as ``nn.Conv2d``."""
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if (input.device.type == "cpu" and input.dtype == torch.float32 and weight.dtype == torch.float32
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and not torch.is_grad_enabled() and input.ndim == 4):
+                and not torch.is_grad_enabled() and input.ndim == 4 and not torch.is_autocast_enabled("cpu")):
             return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride,
                                             self.dilation, self.groups)
         return super()._conv_forward(input, weight, bias)
@@ -238,7 +238,7 @@ def _fused_format(x: Tensor) -> torch.memory_format | None:
 class FusedConv2d(nn.Module):
     """``relu?(conv(x) [+ other])`` as one oneDNN convolution with post-ops
     (``torch.ops.mkldnn._convolution_pointwise``) for CPU float32 inference; the same unfused
-    ops otherwise (GPU, other dtypes, gradients, shapes or layouts that do not line up).
+    ops otherwise (GPU, other dtypes, autocast, gradients, shapes or layouts that do not line up).
 
     The ReLU is exact and the addition is the same float32 add, so results are the unfused
     network's to the bit whenever PyTorch would run the convolution on oneDNN too
@@ -264,7 +264,8 @@ class FusedConv2d(nn.Module):
     def _fusable(self, x: Tensor, other: Tensor | None) -> bool:
         c = self.conv
         if not (x.device.type == "cpu" and x.dtype == torch.float32 and c.weight.dtype == torch.float32
-                and x.ndim == 4 and not torch.is_grad_enabled() and c.padding_mode == "zeros"
+                and x.ndim == 4 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and c.padding_mode == "zeros"
                 and not isinstance(c.padding, str) and torch.backends.mkldnn.is_available()):
             return False
         if other is None:
