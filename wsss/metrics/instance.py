@@ -24,7 +24,7 @@ import scipy.ndimage
 
 from wsss.data.labels import BACKGROUND, IGNORE
 
-__all__ = ["apr", "eval_instance_segmentation_voc", "instances_from_semantic", "mask_iou"]
+__all__ = ["InstanceAP", "apr", "eval_instance_segmentation_voc", "instances_from_semantic", "mask_iou"]
 
 
 def mask_iou(masks_a: np.ndarray, masks_b: np.ndarray) -> np.ndarray:
@@ -77,6 +77,49 @@ def _voc_ap(tp_flags: np.ndarray, n_pos: int) -> float:
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
+class InstanceAP:
+    """Streaming form of :func:`eval_instance_segmentation_voc`: :meth:`update` one image at a
+    time (its masks are matched at once and dropped; only each prediction's score and TP flag
+    are kept), :meth:`compute` at the end. Memory grows with the number of predictions, not
+    with the images' pixels."""
+
+    def __init__(self, iou_thresh: float = 0.5) -> None:
+        self.iou_thresh = iou_thresh
+        self.n_pos: dict[int, int] = {}
+        self.scores: dict[int, list[float]] = {}
+        self.flags: dict[int, list[int]] = {}
+        self.num_images = 0
+
+    def update(self, pred_masks: np.ndarray, pred_labels: np.ndarray, pred_scores: np.ndarray,
+               gt_masks: np.ndarray, gt_labels: np.ndarray) -> None:  # fmt: skip
+        """One image: ``(R, H, W)`` bool masks with ``(R,)`` labels and scores; ``(G, H, W)`` GT."""
+        p_label, g_label = np.asarray(pred_labels, np.int64), np.asarray(gt_labels, np.int64)
+        p_score = np.asarray(pred_scores, np.float64)
+        for cls in np.unique(np.concatenate([p_label, g_label])).tolist():
+            keep_p, keep_g = p_label == cls, g_label == cls
+            self.n_pos[cls] = self.n_pos.get(cls, 0) + int(keep_g.sum())
+            self.scores.setdefault(cls, []).extend(p_score[keep_p].tolist())
+            self.flags.setdefault(cls, []).extend(
+                _match_image(np.asarray(pred_masks)[keep_p], p_score[keep_p],
+                             np.asarray(gt_masks)[keep_g], self.iou_thresh)
+            )
+        self.num_images += 1
+
+    def compute(self, num_classes: int | None = None) -> dict[str, np.ndarray | float]:
+        """``{"ap": (C,) float64 with NaN for classes without GT, "map": nan-mean of ap}``;
+        ``num_classes`` defaults to ``max label + 1`` (as chainercv)."""
+        size = num_classes if num_classes is not None else (max(self.n_pos) + 1 if self.n_pos else 0)
+        ap = np.full(size, np.nan)
+        for cls, count in self.n_pos.items():
+            if count == 0 or cls >= size:
+                continue
+            order = np.argsort(-np.asarray(self.scores[cls]), kind="stable")
+            ap[cls] = _voc_ap(np.asarray(self.flags[cls], np.int64)[order], count)
+        with np.errstate(all="ignore"):
+            mean = float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float("nan")
+        return {"ap": ap, "map": mean}
+
+
 def eval_instance_segmentation_voc(
     pred_masks: Sequence[np.ndarray],
     pred_labels: Sequence[np.ndarray],
@@ -86,7 +129,8 @@ def eval_instance_segmentation_voc(
     iou_thresh: float = 0.5,
     num_classes: int | None = None,
 ) -> dict[str, np.ndarray | float]:
-    """VOC instance-segmentation AP per class and its mean over classes with GT.
+    """VOC instance-segmentation AP per class and its mean over classes with GT
+    (:class:`InstanceAP` over all images at once).
 
     Args:
         pred_masks: Per image, predicted masks.
@@ -112,36 +156,10 @@ def eval_instance_segmentation_voc(
         == len(gt_labels)
     ):
         raise ValueError("all inputs need one entry per image")
-    n_pos: dict[int, int] = {}
-    scores: dict[int, list[float]] = {}
-    flags: dict[int, list[int]] = {}
-    for p_mask, p_label, p_score, g_mask, g_label in zip(
-        pred_masks, pred_labels, pred_scores, gt_masks, gt_labels
-    ):
-        p_label, g_label = np.asarray(p_label, np.int64), np.asarray(g_label, np.int64)
-        p_score = np.asarray(p_score, np.float64)
-        for cls in np.unique(np.concatenate([p_label, g_label])).tolist():
-            keep_p, keep_g = p_label == cls, g_label == cls
-            n_pos[cls] = n_pos.get(cls, 0) + int(keep_g.sum())
-            scores.setdefault(cls, []).extend(p_score[keep_p].tolist())
-            flags.setdefault(cls, []).extend(
-                _match_image(
-                    np.asarray(p_mask)[keep_p],
-                    p_score[keep_p],
-                    np.asarray(g_mask)[keep_g],
-                    iou_thresh,
-                )
-            )
-    size = num_classes if num_classes is not None else (max(n_pos) + 1 if n_pos else 0)
-    ap = np.full(size, np.nan)
-    for cls, count in n_pos.items():
-        if count == 0 or cls >= size:
-            continue
-        order = np.argsort(-np.asarray(scores[cls]), kind="stable")
-        ap[cls] = _voc_ap(np.asarray(flags[cls], np.int64)[order], count)
-    with np.errstate(all="ignore"):
-        mean = float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float("nan")
-    return {"ap": ap, "map": mean}
+    meter = InstanceAP(iou_thresh)
+    for image in zip(pred_masks, pred_labels, pred_scores, gt_masks, gt_labels):
+        meter.update(*image)
+    return meter.compute(num_classes)
 
 
 def apr(

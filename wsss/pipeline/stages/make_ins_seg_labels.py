@@ -20,7 +20,7 @@ import torch
 
 from wsss.functional.irn import instance_masks_from_walk, instances_from_displacement
 from wsss.io import load_npz, save_npz
-from wsss.metrics.instance import eval_instance_segmentation_voc, instances_from_semantic
+from wsss.metrics.instance import InstanceAP, instances_from_semantic
 from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, barrier, rank, read_metrics
@@ -99,25 +99,19 @@ def _run(ctx: StageContext) -> dict:
         num_instances += len(result["scores"])
     barrier()  # every rank's instance files are written
     num_instances = int(reduce_sum([num_instances])[0])
-    preds: dict[str, list] = {"masks": [], "classes": [], "scores": [], "gt_masks": [], "gt_classes": []}
-    gt_kinds = set()
+    meter, gt_kinds = InstanceAP(iou_thresh=0.5), set()  # one image's masks in memory at a time
     for name in (i for i in dataset.source.ids if i in evaluated):
         result = load_npz(instance_dir / f"{name}.npz")
         gt_masks, gt_classes, kind = gt_instances(gt_src, name)
         gt_kinds.add(kind)
-        for key, value in (("masks", result["masks"]), ("classes", result["classes"]),
-                           ("scores", result["scores"]), ("gt_masks", gt_masks),
-                           ("gt_classes", gt_classes)):  # fmt: skip
-            preds[key].append(value)
+        meter.update(result["masks"], result["classes"], result["scores"], gt_masks, gt_classes)
     ap50, per_class = None, {}
-    if preds["masks"]:
-        ap = eval_instance_segmentation_voc(preds["masks"], preds["classes"], preds["scores"],
-                                            preds["gt_masks"], preds["gt_classes"], iou_thresh=0.5,
-                                            num_classes=ctx.cfg.data.num_classes)  # fmt: skip
+    if meter.num_images:
+        ap = meter.compute(num_classes=ctx.cfg.data.num_classes)
         ap50 = float(ap["map"])
         per_class = {gt_src.class_names[c]: float(v) for c, v in enumerate(ap["ap"]) if not np.isnan(v)}
     gt_from = " + ".join(sorted(gt_kinds)) or "none"
-    out = {"split": p.split, "num_images": len(dataset), "num_evaluated": len(preds["masks"]),
+    out = {"split": p.split, "num_images": len(dataset), "num_evaluated": meter.num_images,
            "instance_dir": "instances", "num_instances": num_instances,
            "mean_instances_per_image": num_instances / max(len(dataset), 1),
            "ap50": ap50, "per_class_ap50": per_class, "gt_instances": gt_from, "seed_floor": floor,
@@ -130,6 +124,6 @@ def _run(ctx: StageContext) -> dict:
         counts = instance_dir_to_coco(instance_dir, ctx.out_dir / "instances_coco.json",
                                       gt_src.class_names, lambda i: dataset.source.image_path(i).name)
         out.update(coco_json="instances_coco.json", coco_annotations=counts["annotations"])
-    if not preds["masks"]:
+    if not meter.num_images:
         out["note"] = no_gt_note(ctx.cfg.protocol.eval_split, len(reported & set(dataset.source.ids)))
     return out
