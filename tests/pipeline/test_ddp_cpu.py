@@ -19,7 +19,7 @@ from wsss.io import load_label_png, load_npz
 from wsss.pipeline.runner import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL_RANKS = {"train_cls", "make_cam", "make_pseudo_labels", "train_seg", "eval_seg"}
+ALL_RANKS = {"train_cls", "make_cam", "eval_cam", "make_pseudo_labels", "train_seg", "eval_seg"}
 STAGES = ["train_cls", "make_cam", "eval_cam", "make_pseudo_labels", "train_seg", "eval_seg"]
 
 
@@ -42,7 +42,7 @@ def test_cam_pipeline_under_two_process_ddp(synthetic_root: Path, tmp_path: Path
     # Both ranks' predicted CAMs are on disk: one file per image of the stage.
     cams = json.loads((run_dir / "stages/make_cam/metrics.json").read_text())
     assert len(list((run_dir / "stages/make_cam/cams").glob("*.npz"))) == cams["num_images"]
-    # Rank 1 ran exactly the Trainer stages.
+    # Rank 1 ran every stage of this chain (Trainer stages and sharded per-image stages).
     rank1 = (run_dir / "train_ddp_process_1.log").read_text()
     ran = {s for s in STAGES if f"stage {s}\n" in rank1}
     assert ran == ALL_RANKS
@@ -79,7 +79,7 @@ def test_cam_chain_same_with_one_or_two_processes(tiny_cfg, synthetic_root: Path
                           capture_output=True, text=True, timeout=380)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rank1 = (two / "train_ddp_process_1.log").read_text()
-    assert "stage make_pseudo_labels\n" in rank1 and "stage eval_cam\n" not in rank1  # sharded / rank 0
+    assert "stage make_pseudo_labels\n" in rank1 and "stage eval_cam\n" in rank1  # both sharded
     cams = sorted(p.name for p in (one / "stages/make_cam/cams").glob("*.npz"))
     assert cams == sorted(p.name for p in (two / "stages/make_cam/cams").glob("*.npz")) and cams
     for name in cams:
@@ -91,11 +91,13 @@ def test_cam_chain_same_with_one_or_two_processes(tiny_cfg, synthetic_root: Path
         assert len(labels) == single["make_pseudo_labels"]["num_images"]
         for path in labels:
             np.testing.assert_array_equal(load_label_png(path), load_label_png(two / "stages/make_pseudo_labels" / folder / path.name))
-    for stage, keys in (("eval_cam", ("threshold", "miou", "oracle_miou_on_eval")),
+    for stage, keys in (("eval_cam", ("threshold", "miou", "oracle_miou_on_eval", "holdout_miou", "num_evaluated")),
                         ("make_pseudo_labels", ("miou", "miou_crf", "ignored_fraction", "ignored_fraction_crf"))):
         metrics = json.loads((two / "stages" / stage / "metrics.json").read_text())
         for key in keys:
             assert metrics[key] == pytest.approx(single[stage][key], abs=1e-9), (stage, key)
+        assert metrics["phenomena"] == single[stage]["phenomena"], stage
+    assert (two / "stages/eval_cam/examples").is_dir()  # rank 0 drew the panels
 
 
 

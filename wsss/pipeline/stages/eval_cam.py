@@ -22,7 +22,7 @@ from wsss.metrics.cam_threshold import ThresholdSweep
 from wsss.metrics.segmentation import class_names_iou, scores_from_confusion
 from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
-from wsss.pipeline.context import StageContext, read_metrics
+from wsss.pipeline.context import StageContext, rank, read_metrics
 from wsss.pipeline.image_sets import (
     cam_file,
     class_names,
@@ -33,6 +33,7 @@ from wsss.pipeline.image_sets import (
     threshold_ids,
     with_gt,
 )
+from wsss.pipeline.per_image import shard
 from wsss.pipeline.protocol import MissingGroundTruthError, check_threshold_mode
 from wsss.pipeline.scoring import PhenomenaScore
 from wsss.pipeline.visualize import cam_panel, publish
@@ -41,13 +42,16 @@ log = logging.getLogger(__name__)
 
 
 def sweep(ctx: StageContext, cam_dir, split: str, ids: list[str], thresholds) -> ThresholdSweep:
-    """Threshold sweep over ``ids`` (every one must have a GT mask: see :func:`with_gt`)."""
+    """Threshold sweep over ``ids`` (every one must have a GT mask: see :func:`with_gt`). Under
+    DDP (all_ranks) each rank sweeps its share and the histograms are summed into every rank,
+    so all ranks pick the same threshold."""
     src = source(ctx, split, for_eval=True)
     result = ThresholdSweep(thresholds, num_classes=ctx.cfg.data.num_classes + 1)
-    for image_id in progress(ids, desc=f"eval_cam[{split}]", leave=False):
+    for image_id in progress(shard(ids), desc=f"eval_cam[{split}]", leave=False):
         arrays = load_npz(cam_file(cam_dir, image_id))
         gt = torch.from_numpy(src.load_mask(image_id).astype(np.int64))
         result.update(torch.from_numpy(arrays["cams"]), torch.from_numpy(arrays["keys"]), gt)
+    result.sync()
     return result
 
 
@@ -156,17 +160,19 @@ def run(ctx: StageContext) -> dict:
     out.update(num_evaluated=len(scored), includes=includes)
     if scored:  # the CAM labels at the chosen threshold: partial activation, context, boundaries
         out["phenomena"] = cam_phenomena(ctx, cam_dir, scored, out["threshold"])
-    _examples(ctx, cam_dir, reported[: p.num_examples], out["threshold"])
+    if rank() == 0:
+        _examples(ctx, cam_dir, reported[: p.num_examples], out["threshold"])
     return out
 
 
 def cam_phenomena(ctx: StageContext, cam_dir, ids: list[str], threshold: float) -> dict:
     """Phenomenon measures (:mod:`wsss.metrics.phenomena`) of the CAMs binarised at ``threshold``."""
     score = PhenomenaScore.for_stage(ctx)
-    for image_id in ids:
+    for image_id in shard(ids):  # under DDP: this rank's share, counts summed below
         arrays = load_npz(cam_file(cam_dir, image_id))
         label = cams_to_label(torch.from_numpy(arrays["cams"]), torch.from_numpy(arrays["keys"]), threshold)
         score.update(image_id, label.numpy())
+    score.sync()
     return score.result()
 
 
