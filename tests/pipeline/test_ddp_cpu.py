@@ -171,13 +171,15 @@ def test_walks_same_with_one_or_two_processes(pipeline: str, stages: list[str], 
 @pytest.mark.slow
 @pytest.mark.timeout(500)
 def test_relation_labels_same_with_one_or_two_processes(tiny_cfg, synthetic_root: Path, tmp_path: Path) -> None:
-    """IRNet's and AffinityNet's CRF relation labels shard their images over DDP ranks: two
-    processes (DDP started by make_cam's Trainer) write the same PNGs and report the same scores
-    as one process."""
-    stages = ["make_ir_labels", "make_affinity_labels"]
+    """IRNet's and AffinityNet's CRF relation labels and SEC's cues shard their images over DDP
+    ranks: two processes (DDP started by make_cam's Trainer) write the same PNGs and report the
+    same scores as one process."""
+    stages = ["make_ir_labels", "make_affinity_labels", "make_cues"]
     extra = ["pipeline=irnet", "+stage@stages.make_affinity_labels=make_affinity_labels",
-             "pipeline.order=[train_cls,make_cam,eval_cam,make_ir_labels,make_affinity_labels]",
-             "stages.make_ir_labels.num_workers=0", "stages.make_affinity_labels.num_workers=0"]  # fmt: skip
+             "+stage@stages.make_cues=make_cues",
+             "pipeline.order=[train_cls,make_cam,eval_cam,make_ir_labels,make_affinity_labels,make_cues]",
+             "stages.make_ir_labels.num_workers=0", "stages.make_affinity_labels.num_workers=0",
+             "stages.make_cues.num_workers=0", "stages.make_cues.split=train_aug"]  # fmt: skip
     one = tmp_path / "one"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the DDP processes (OMP_NUM_THREADS=1)
@@ -194,6 +196,17 @@ def test_relation_labels_same_with_one_or_two_processes(tiny_cfg, synthetic_root
                           capture_output=True, text=True, timeout=400)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rank1 = (two / "train_ddp_process_1.log").read_text()
+    cues = single["make_cues"]
+    assert cues["num_evaluated"] > 0
+    metrics = json.loads((two / "stages/make_cues/metrics.json").read_text())
+    for key in ("num_evaluated", "coverage_split", "fg_coverage_split", "cue_precision", "cue_fg_precision"):
+        assert metrics[key] == pytest.approx(cues[key], abs=1e-12), key
+    names = sorted(p.name for p in (one / "stages/make_cues/cues").glob("*.png"))
+    assert len(names) == cues["num_images"] and "stage make_cues\n" in rank1
+    for name in names:
+        np.testing.assert_array_equal(load_label_png(one / "stages/make_cues/cues" / name),
+                                      load_label_png(two / "stages/make_cues/cues" / name))  # fmt: skip
+    stages.remove("make_cues")
     for stage in stages:
         assert f"stage {stage}\n" in rank1  # rank 1 labelled its share
         labels = sorted((one / "stages" / stage / "labels").glob("*.png"))

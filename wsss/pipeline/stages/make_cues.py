@@ -36,6 +36,7 @@ from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import cam_file, eval_ids, no_gt_note, source
 from wsss.pipeline.models import load_stage_model
+from wsss.pipeline.per_image import reduce_sum, shard
 from wsss.pipeline.saliency_maps import read_saliency
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
@@ -107,7 +108,8 @@ def run(ctx: StageContext) -> dict:
                                  "make_cues.saliency=gradient when the dataset has no saliency maps")
                if p.saliency == "png" else None)
     data = ctx.cfg.data.module
-    job = _CueInputs(src.ids, src, cam_dir, int(p.grid_size), p.saliency, sal_dir, int(p.input_size),
+    # Under DDP (all_ranks) every rank makes its share of the cue maps; the counts are summed.
+    job = _CueInputs(shard(src.ids), src, cam_dir, int(p.grid_size), p.saliency, sal_dir, int(p.input_size),
                      data.mean, data.std)  # fmt: skip
     classifier, device = None, ctx.device()
     if p.saliency == "gradient":
@@ -139,6 +141,10 @@ def run(ctx: StageContext) -> dict:
             for kind, stats in (("all", cue_statistics(cues, gt)), ("bg", _kind_stats(cues, gt, True)),
                                 ("fg", _kind_stats(cues, gt, False))):  # fmt: skip
                 totals[kind] += [stats[k] for k in count_keys]
+
+    summed = [int(v) for v in reduce_sum([*totals["all"], *totals["bg"], *totals["fg"], *covered, n_evaluated])]
+    totals = {kind: np.asarray(summed[4 * k : 4 * k + 4], np.int64) for k, kind in enumerate(("all", "bg", "fg"))}
+    covered, n_evaluated = np.asarray(summed[12:15], np.int64), summed[15]
 
     def ratio(a: int, b: int) -> float:
         return float(a) / b if b else float("nan")
