@@ -100,7 +100,7 @@ class LowPriorityWorker:
         self.nice, self.rank = int(nice), int(rank)
 
     def __call__(self, worker_id: int) -> None:
-        if int(os.environ.get("PL_SEED_WORKERS", "0")):
+        if int(os.environ.get("PL_SEED_WORKERS", 0)):
             from lightning.fabric.utilities.seed import pl_worker_init_function
 
             pl_worker_init_function(worker_id, rank=self.rank)
