@@ -75,37 +75,3 @@ def test_progress_logs_throughput(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger=parallel.__name__):
         assert list(progress(iter("abc"), total=3, desc="demo", disable=True)) == ["a", "b", "c"]
     assert "demo: 3 images in" in caplog.text and "images/s" in caplog.text
-
-
-class _Draws(torch.utils.data.Dataset):
-    """What a worker's augmentation would draw (torch, numpy, random) and its niceness."""
-
-    def __len__(self) -> int:
-        return 4
-
-    def __getitem__(self, index: int) -> tuple:
-        import random
-
-        import numpy as np
-
-        return float(torch.rand(())), float(np.random.rand()), random.random(), os.nice(0)
-
-
-def _draws(init) -> list:
-    torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(_Draws(), batch_size=None, num_workers=2, worker_init_fn=init)
-    return list(loader)
-
-
-def test_low_priority_worker_keeps_lightnings_seeding(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lightning.fabric.utilities.seed import pl_worker_init_function
-
-    monkeypatch.setenv("PL_SEED_WORKERS", "1")  # as seed_everything(workers=True) sets it
-    lightning = _draws(functools.partial(pl_worker_init_function, rank=1))
-    ours = _draws(parallel.LowPriorityWorker(10, rank=1))
-    own = os.nice(0)
-    assert [d[:3] for d in ours] == [d[:3] for d in lightning]  # the same augmentations
-    assert all(d[3] == own + 10 for d in ours) and all(d[3] == own for d in lightning)
-    assert [d[:3] for d in _draws(parallel.LowPriorityWorker(10, rank=0))] != [d[:3] for d in ours]
-    monkeypatch.setenv("PL_SEED_WORKERS", "0")  # without worker seeding: torch's own, as Lightning
-    assert [d[:3] for d in _draws(parallel.LowPriorityWorker(0, rank=1))] == [d[:3] for d in _draws(None)]

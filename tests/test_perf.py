@@ -44,10 +44,6 @@ def test_configure_forms_and_errors() -> None:
         perf.configure({"channel_last": True})
     with pytest.raises(KeyError, match="fit / predict"):
         perf.configure({"channels_last": {"train": True}})
-    assert perf.configure({"loader_nice": 0}).loader_nice == 0 and perf.PerfSettings().loader_nice == 10
-    for bad in (True, -1, 20, "5"):
-        with pytest.raises(ValueError, match="loader_nice"):
-            perf.configure({"loader_nice": bad})
 
 
 def _per_pass_reference(model, image, scales) -> torch.Tensor:

@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 __all__ = [
-    "LowPriorityWorker",
     "available_cores",
     "map_per_image",
     "progress",
@@ -82,33 +81,6 @@ def resolve_workers(value: Any, num_items: int | None = None) -> int:
 def threads_per_worker(workers: int) -> int:
     """Torch intra-op threads per process so that ``max(workers, 1)`` processes fill the cores."""
     return max(1, available_cores() // max(1, int(workers)))
-
-
-class LowPriorityWorker:
-    """``worker_init_fn`` of Trainer data loaders: Lightning's own worker seeding, exactly as
-    Lightning adds it itself after ``seed_everything(workers=True)`` (the same augmentations, the
-    same numbers), then ``os.nice(nice)``. The workers still get the cores whenever the training
-    process leaves them, but no longer preempt its compute threads: the default run's
-    classifier stage took 114 s instead of 122 s with bit-identical weights (README, Benchmarks).
-
-    Args:
-        nice: Niceness added in each worker process (0 = unchanged).
-        rank: The trainer's global rank (Lightning's seed sequence mixes it in).
-    """
-
-    def __init__(self, nice: int, rank: int) -> None:
-        self.nice, self.rank = int(nice), int(rank)
-
-    def __call__(self, worker_id: int) -> None:
-        if int(os.environ.get("PL_SEED_WORKERS", 0)):
-            from lightning.fabric.utilities.seed import pl_worker_init_function
-
-            pl_worker_init_function(worker_id, rank=self.rank)
-        if self.nice > 0:
-            try:
-                os.nice(self.nice)
-            except OSError:  # a sandbox that forbids it: the worker keeps its priority
-                log.debug("loader worker %d: os.nice not permitted", worker_id)
 
 
 def single_thread_worker(worker_id: int = 0) -> None:

@@ -58,9 +58,6 @@ class PerfSettings:
             inside the oneDNN convolution (:func:`fuse_conv_postops`): one pass over each
             activation instead of three. Pairs with ``fold_bn`` (a convolution followed by a
             BatchNorm has nothing to fuse).
-        loader_nice: niceness of the Trainer data loaders' worker processes
-            (:class:`wsss.parallel.LowPriorityWorker`): they yield the cores to the training
-            process's compute threads. Changes no number (Lightning's worker seeding is kept).
     """
 
     channels_last_fit: bool = False
@@ -69,7 +66,6 @@ class PerfSettings:
     fold_bn: bool = True
     onednn_conv: bool = True
     fuse_conv: bool = True
-    loader_nice: int = 10
 
 
 _SETTINGS = PerfSettings()
@@ -82,13 +78,10 @@ def configure(node: Mapping[str, Any] | None) -> PerfSettings:
     """
     global _SETTINGS
     node = dict(node or {})
-    unknown = set(node) - {"channels_last", "compile", "fold_bn", "onednn_conv", "fuse_conv", "loader_nice"}
+    unknown = set(node) - {"channels_last", "compile", "fold_bn", "onednn_conv", "fuse_conv"}
     if unknown:
         raise KeyError(f"perf has unknown keys {sorted(unknown)}; expected channels_last, compile, "
-                       "fold_bn, onednn_conv, fuse_conv, loader_nice")
-    nice = node.get("loader_nice", PerfSettings.loader_nice)
-    if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
-        raise ValueError(f"perf.loader_nice must be an integer in [0, 19], got {nice!r}")
+                       "fold_bn, onednn_conv, fuse_conv")
     fit, predict = PerfSettings.channels_last_fit, PerfSettings.channels_last_predict
     value = node.get("channels_last")
     if isinstance(value, bool):
@@ -102,8 +95,7 @@ def configure(node: Mapping[str, Any] | None) -> PerfSettings:
                              compile=bool(node.get("compile", False)),
                              fold_bn=bool(node.get("fold_bn", PerfSettings.fold_bn)),
                              onednn_conv=bool(node.get("onednn_conv", PerfSettings.onednn_conv)),
-                             fuse_conv=bool(node.get("fuse_conv", PerfSettings.fuse_conv)),
-                             loader_nice=int(nice))
+                             fuse_conv=bool(node.get("fuse_conv", PerfSettings.fuse_conv)))
     return _SETTINGS
 
 

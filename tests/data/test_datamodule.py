@@ -16,7 +16,6 @@ from wsss.data.synthetic import generate_voc
 from wsss.data.transforms import build_eval_transform
 from wsss.data.voc import VOCSource
 from wsss.io import save_label_png
-from wsss.parallel import LowPriorityWorker
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -77,8 +76,6 @@ def test_segmentation_batches_and_full_size_val(voc: Path) -> None:
     assert set(batch["mask"].unique().tolist()) <= set(range(21)) | {255}
     loader = dm.val_dataloader()
     assert loader.persistent_workers and loader.batch_size == 1
-    # Lightning's worker seeding kept, workers at the perf.loader_nice priority
-    assert isinstance(loader.worker_init_fn, LowPriorityWorker) and loader.worker_init_fn.nice == 10
     vals = list(loader)
     assert len(vals) == 4
     for val in vals:

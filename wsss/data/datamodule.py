@@ -129,16 +129,10 @@ class WSSSDataModule(L.LightningDataModule):
         return len(self._datasets["val"]) > 0
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, **kw: Any) -> DataLoader:
-        from wsss import perf
-        from wsss.parallel import LowPriorityWorker
-
         workers = self.num_workers
-        # Lightning's worker seeding + a lower priority for the workers (perf.loader_nice)
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        init = LowPriorityWorker(perf.settings().loader_nice, rank) if workers > 0 else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                          worker_init_fn=init, **kw)  # fmt: skip
+                          **kw)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
