@@ -33,8 +33,8 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 __all__ = ["FusedConv2d", "OneDNNConv2d", "PerfCallback", "PerfSettings", "callbacks", "configure",
-           "fold_batchnorm", "fuse_conv_postops", "images_to_channels_last", "prepare_for_inference", "prepare_for_predict", "settings",
-           "to_channels_last", "use_onednn_convolutions"]
+           "fold_batchnorm", "fuse_conv_postops", "images_to_channels_last", "prepare_for_inference",
+           "prepare_for_predict", "settings", "to_channels_last", "use_onednn_convolutions"]
 
 
 @dataclass(frozen=True)
