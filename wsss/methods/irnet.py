@@ -227,9 +227,9 @@ class IRNetModule(WSSSModule):
 
 
 @torch.no_grad()
-def mean_displacement(model: IRNetModule, images) -> Tensor:
-    """Mean raw displacement ``(2,)`` of ``model`` over an iterable of ``(1, 3, H, W)`` images
-    (IRN's mean-shift calibration: eval mode, the stored mean shift reset to 0)."""
+def image_displacements(model: IRNetModule, images) -> Tensor:
+    """Per image, the mean raw displacement of ``model``: ``(N, 2)`` over an iterable of
+    ``(1, 3, H, W)`` images (eval mode, the stored mean shift reset to 0); ``(0, 2)`` for none."""
     model.eval()
     model.mean_shift.zero_()
     device = model.mean_shift.device
@@ -237,6 +237,13 @@ def mean_displacement(model: IRNetModule, images) -> Tensor:
     for image in images:
         _, displacement = model(image.to(device))
         means.append(displacement.mean(dim=(0, 2, 3)).cpu())
-    if not means:
+    return torch.stack(means) if means else torch.zeros(0, 2)
+
+
+def mean_displacement(model: IRNetModule, images) -> Tensor:
+    """Mean raw displacement ``(2,)`` of ``model`` over an iterable of ``(1, 3, H, W)`` images
+    (IRN's mean-shift calibration: the mean of :func:`image_displacements`)."""
+    per_image = image_displacements(model, images)
+    if not len(per_image):
         raise ValueError("calibrate_irn: no images to average over")
-    return torch.stack(means).mean(dim=0)
+    return per_image.mean(dim=0)

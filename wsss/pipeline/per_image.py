@@ -89,6 +89,20 @@ def shard(ids: Sequence[T]) -> list[T]:
     return list(ids)[rank() :: world_size()] if world_size() > 1 else list(ids)
 
 
+def gather_in_order(local: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    """Every rank's rows, in the global order of ``indices`` (this rank's positions: the
+    :func:`shard` of ``range(total)`` it processed), concatenated on every rank. Bit for bit what
+    one process computing all rows in order would hold (as given without DDP)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (list(indices), local.cpu().numpy()))
+    rows = {i: row for idx, arr in parts for i, row in zip(idx, arr)}
+    return torch.from_numpy(np.stack([rows[i] for i in sorted(rows)])) if rows else local[:0].cpu()
+
+
 def reduce_sum(values: Sequence[float]) -> list[float]:
     """Element-wise sum of ``values`` over DDP ranks (as given without DDP)."""
     import torch.distributed as dist

@@ -16,10 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 from wsss.io import save_npz
-from wsss.methods.irnet import mean_displacement
-from wsss.pipeline.context import StageContext, read_metrics
+from wsss.methods.irnet import image_displacements, mean_displacement
+from wsss.pipeline.context import StageContext, rank, read_metrics
 from wsss.pipeline.image_sets import stage_images
 from wsss.pipeline.models import SHIFT_FILE, load_stage_model, torch_threads
+from wsss.pipeline.per_image import gather_in_order, shard
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
 
 __all__ = ["SHIFT_FILE", "mean_displacement", "run"]
@@ -36,15 +37,23 @@ def _run(ctx: StageContext) -> dict:
     released = read_metrics(ctx.read("model")).get("checkpoint_format")
     if released and not p.get("recompute_release", False):
         mean = model.mean_shift.detach().cpu().numpy().astype(np.float32)
-        save_npz(ctx.out_dir / SHIFT_FILE, mean=mean)
+        if rank() == 0:
+            save_npz(ctx.out_dir / SHIFT_FILE, mean=mean)
         return {"split": None, "num_images": 0, "mean_dy": float(mean[0]), "mean_dx": float(mean[1]),
                 "shift_file": SHIFT_FILE, "source": "checkpoint", "checkpoint_format": released,
                 "includes": f"the release's own mean shift ({released}: mean_shift.running_mean), "
                             "as IRN's inference uses it; not recomputed"}  # fmt: skip
     dataset = stage_images(ctx, [p.split], include_holdout=False)
-    images = (dataset[i]["image"][None] for i in tqdm(range(len(dataset)), desc="calibrate_irn"))
-    mean = mean_displacement(model, images).numpy().astype(np.float32)
-    save_npz(ctx.out_dir / SHIFT_FILE, mean=mean)
+    # Under DDP (all_ranks) every rank runs its share; the per-image means are gathered in the
+    # dataset's order, so the average is the one a single process computes, to the bit.
+    indices = shard(range(len(dataset)))
+    images = (dataset[i]["image"][None] for i in tqdm(indices, desc="calibrate_irn"))
+    per_image = gather_in_order(image_displacements(model, images), indices)
+    if not len(per_image):
+        raise ValueError(f"calibrate_irn: no images to average over (split {p.split!r})")
+    mean = per_image.mean(dim=0).numpy().astype(np.float32)
+    if rank() == 0:
+        save_npz(ctx.out_dir / SHIFT_FILE, mean=mean)
     return {"split": p.split, "num_images": len(dataset), "mean_dy": float(mean[0]),
             "mean_dx": float(mean[1]), "shift_file": SHIFT_FILE, "source": "recomputed",
             "includes": "mean raw displacement (stride-4 pixels) of the trained IRNet, full images"}
