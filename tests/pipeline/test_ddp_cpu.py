@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from wsss.io import load_label_png, load_npz
+from wsss.io import load_grey, load_label_png, load_npz
 from wsss.pipeline.runner import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,12 +178,14 @@ def test_relation_labels_same_with_one_or_two_processes(tiny_cfg, synthetic_root
     """IRNet's and AffinityNet's CRF relation labels and SEC's cues shard their images over DDP
     ranks: two processes (DDP started by make_cam's Trainer) write the same PNGs and report the
     same scores as one process."""
-    stages = ["make_ir_labels", "make_affinity_labels", "make_cues"]
+    stages = ["make_ir_labels", "make_affinity_labels", "make_cues", "make_cam_saliency", "oaa_gen_gt"]
     extra = ["pipeline=irnet", "+stage@stages.make_affinity_labels=make_affinity_labels",
-             "+stage@stages.make_cues=make_cues",
-             "pipeline.order=[train_cls,make_cam,eval_cam,make_ir_labels,make_affinity_labels,make_cues]",
+             "+stage@stages.make_cues=make_cues", "+stage@stages.make_cam_saliency=make_cam_saliency",
+             "+stage@stages.oaa_gen_gt=oaa_gen_gt", f"pipeline.order=[train_cls,make_cam,eval_cam,{','.join(stages)}]",
              "stages.make_ir_labels.num_workers=0", "stages.make_affinity_labels.num_workers=0",
-             "stages.make_cues.num_workers=0", "stages.make_cues.split=train_aug"]  # fmt: skip
+             "stages.make_cues.num_workers=0", "stages.make_cues.split=train_aug",
+             "stages.make_cam_saliency.num_workers=0", "stages.make_cam_saliency.split=train_aug",
+             "+stages.oaa_gen_gt.reads.saliency=make_cam_saliency"]  # fmt: skip
     one = tmp_path / "one"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the DDP processes (OMP_NUM_THREADS=1)
@@ -211,6 +213,14 @@ def test_relation_labels_same_with_one_or_two_processes(tiny_cfg, synthetic_root
         np.testing.assert_array_equal(load_label_png(one / "stages/make_cues/cues" / name),
                                       load_label_png(two / "stages/make_cues/cues" / name))  # fmt: skip
     stages.remove("make_cues")
+    saliency = single["make_cam_saliency"]
+    metrics = json.loads((two / "stages/make_cam_saliency/metrics.json").read_text())
+    assert saliency["num_evaluated"] > 0 and "stage make_cam_saliency\n" in rank1
+    for key in ("precision", "recall", "f1", "mae", "cam_f1"):
+        assert metrics[key] == pytest.approx(saliency[key], abs=1e-12), key
+    for path in sorted((one / "stages/make_cam_saliency/saliency").glob("*.png")):
+        np.testing.assert_array_equal(load_grey(path, "map"), load_grey(two / "stages/make_cam_saliency/saliency" / path.name, "map"))
+    stages.remove("make_cam_saliency")
     for stage in stages:
         assert f"stage {stage}\n" in rank1  # rank 1 labelled its share
         labels = sorted((one / "stages" / stage / "labels").glob("*.png"))
@@ -220,5 +230,6 @@ def test_relation_labels_same_with_one_or_two_processes(tiny_cfg, synthetic_root
             np.testing.assert_array_equal(load_label_png(path), load_label_png(two / "stages" / stage / "labels" / path.name))
         metrics = json.loads((two / "stages" / stage / "metrics.json").read_text())
         for key in ("miou", "miou_confident", "ignored_fraction", "num_evaluated"):
-            assert metrics[key] == pytest.approx(single[stage][key], abs=1e-9), (stage, key)
+            if key in single[stage] or stage != "oaa_gen_gt":  # OAA's labels have no confident-only score
+                assert metrics[key] == pytest.approx(single[stage][key], abs=1e-9), (stage, key)
         assert metrics["phenomena"] == single[stage]["phenomena"]

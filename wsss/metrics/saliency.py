@@ -47,6 +47,23 @@ class SaliencyScore:
         self.abs_error += float(np.abs(saliency[valid].astype(np.float64) / 255.0 - fg[valid]).sum())
         self.images += 1
 
+    def sync(self) -> None:
+        """Sum the counts of all DDP ranks into every rank (a collective: each rank calls it; a
+        no-op without a process group)."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        values = torch.tensor([self.tp, self.fp, self.fn, self.pixels, self.gt_pixels, self.abs_error,
+                               self.images], dtype=torch.float64)  # fmt: skip
+        if dist.get_backend() == "nccl":
+            values = values.cuda()
+        dist.all_reduce(values)
+        tp, fp, fn, pixels, gt_pixels, abs_error, images = values.cpu().tolist()
+        self.tp, self.fp, self.fn, self.pixels, self.gt_pixels = (int(v) for v in (tp, fp, fn, pixels, gt_pixels))
+        self.abs_error, self.images = abs_error, int(images)
+
     def compute(self, prefix: str = "") -> dict[str, Any]:
         """``{prefix}precision/recall/f1/mae/salient_fraction`` (None when nothing was scored)."""
         def ratio(a: float, b: float) -> float | None:

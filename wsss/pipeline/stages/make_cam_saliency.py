@@ -27,7 +27,7 @@ from wsss.metrics.saliency import SaliencyScore
 from wsss.pipeline.artifacts import cam_dir_of
 from wsss.pipeline.context import StageContext, read_metrics
 from wsss.pipeline.image_sets import eval_ids, load_cams, load_rgb, no_gt_note, source, with_gt
-from wsss.pipeline.per_image import run_per_image, valid_png
+from wsss.pipeline.per_image import run_per_image, shard, valid_png
 from wsss.pipeline.saliency_maps import SALIENCY_DIR
 
 
@@ -58,11 +58,14 @@ def run(ctx: StageContext) -> dict:
     eval_src = source(ctx, proto.eval_split, for_eval=True)
     evaluated = set(with_gt(eval_src, set(eval_ids(ctx, proto.eval_split)) & set(src.ids)))
     refined, unrefined = SaliencyScore(), SaliencyScore()
-    for item in run_per_image(src.ids, work, p.num_workers, "make_cam_saliency"):
+    # Under DDP (all_ranks) every rank makes its share of the maps; the scores' counts are summed.
+    for item in run_per_image(shard(src.ids), work, p.num_workers, "make_cam_saliency"):
         if item["id"] in evaluated:
             gt = eval_src.load_mask(item["id"])
             refined.update(item["saliency"], gt)
             unrefined.update(item["cam"], gt)
+    refined.sync()
+    unrefined.sync()
     steps = ["CAM foreground (0.5 at the threshold)"]
     steps += [f"SLIC mean ({p.n_segments} segments)"] if p.n_segments else []
     steps += [f"x boundary-connectivity prior (sigma {p.boundary_sigma})"] if p.boundary_sigma is not None else []

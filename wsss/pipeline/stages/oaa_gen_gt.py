@@ -22,8 +22,9 @@ from wsss.functional.oaa import oaa_proxy_labels
 from wsss.io import save_label_png
 from wsss.metrics.segmentation import SegmentationMetric, class_names_iou
 from wsss.pipeline.artifacts import cam_dir_of
-from wsss.pipeline.context import StageContext, read_metrics
+from wsss.pipeline.context import StageContext, read_metrics, world_size
 from wsss.pipeline.image_sets import eval_ids, load_cams, no_gt_note, source, with_gt
+from wsss.pipeline.per_image import reduce_sum, shard
 from wsss.pipeline.saliency_maps import read_saliency
 from wsss.pipeline.scoring import PhenomenaScore
 from wsss.progress import tqdm  # plain lines instead of bar frames when not a TTY
@@ -55,11 +56,12 @@ def run(ctx: StageContext) -> dict:
 
     eval_src = source(ctx, proto.eval_split, for_eval=True)
     evaluated = set(with_gt(eval_src, set(eval_ids(ctx, proto.eval_split)) & set(src.ids)))
-    metric = SegmentationMetric(ctx.cfg.data.num_classes + 1)
+    # Under DDP (all_ranks) every rank labels its share of the images; the counts are summed.
+    metric = SegmentationMetric(ctx.cfg.data.num_classes + 1, sync=world_size() > 1)
     phenomena = PhenomenaScore.for_stage(ctx)
     ignored = counted = dropped = 0
     out_dir = ctx.out_dir / LABEL_DIR
-    for image_id in tqdm(src.ids, desc="oaa_gen_gt"):
+    for image_id in tqdm(shard(src.ids), desc="oaa_gen_gt"):
         attention, keys = load_cams(cam_dir, image_id)
         sal = load_saliency(sal_dir, image_id, attention.shape[-2:])
         label = oaa_proxy_labels(sal, torch.from_numpy(attention), torch.from_numpy(keys), **thresholds)
@@ -72,6 +74,8 @@ def run(ctx: StageContext) -> dict:
             metric.update(torch.where(lab == IGNORE, 0, lab),
                           torch.from_numpy(eval_src.load_mask(image_id).astype(np.int64)))  # fmt: skip
             phenomena.update(image_id, label.numpy())
+    ignored, counted, dropped = (int(v) for v in reduce_sum([ignored, counted, dropped]))
+    phenomena.sync()
     out: dict = {"split": p.split, "num_images": len(src.ids), "label_dir": LABEL_DIR,
                  "cams": str(cam_dir), "saliency_dir": str(sal_dir), **thresholds,
                  "ignored_fraction": ignored / max(counted, 1), "images_all_ignored": dropped,
