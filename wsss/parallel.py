@@ -35,6 +35,7 @@ __all__ = [
     "progress",
     "resolve_workers",
     "single_thread_worker",
+    "sum_over_ranks",
     "threads_per_worker",
 ]
 
@@ -53,6 +54,19 @@ def available_cores() -> int:
         except OSError:  # some sandboxes forbid the call
             pass
     return max(1, os.cpu_count() or 1)
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``tensor`` over DDP ranks, on every rank (a collective: each rank calls
+    it; ``tensor`` as given without a process group or with one rank). Keeps dtype and device
+    (an NCCL group reduces a CUDA copy)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    work = tensor.detach().clone().cuda() if dist.get_backend() == "nccl" else tensor.detach().clone()
+    dist.all_reduce(work)
+    return work.to(tensor.device)
 
 
 def resolve_workers(value: Any, num_items: int | None = None) -> int:

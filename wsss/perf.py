@@ -197,15 +197,21 @@ def fold_batchnorm(module: nn.Module) -> int:
     return folded
 
 
+def _onednn_inference(x: Tensor, conv: nn.Conv2d) -> bool:
+    """Whether ``conv(x)`` may be sent to oneDNN directly: CPU float32 inference (no gradients,
+    no autocast), a 4-D input, zero padding given as numbers."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
+            and x.ndim == 4 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
 class OneDNNConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose CPU float32 inference forward always uses oneDNN
     (``torch.mkldnn_convolution``); anything else (GPU, other dtypes, autocast, gradients,
     non-zero padding modes) takes the usual path. Same parameters and state_dict as ``nn.Conv2d``."""
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if (input.device.type == "cpu" and input.dtype == torch.float32 and weight.dtype == torch.float32
-                and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and not torch.is_grad_enabled() and input.ndim == 4 and not torch.is_autocast_enabled("cpu")):
+        if _onednn_inference(input, self):
             return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride,
                                             self.dilation, self.groups)
         return super()._conv_forward(input, weight, bias)
@@ -262,11 +268,7 @@ class FusedConv2d(nn.Module):
         return (x.shape[0], c.out_channels, *size)
 
     def _fusable(self, x: Tensor, other: Tensor | None) -> bool:
-        c = self.conv
-        if not (x.device.type == "cpu" and x.dtype == torch.float32 and c.weight.dtype == torch.float32
-                and x.ndim == 4 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-                and c.padding_mode == "zeros"
-                and not isinstance(c.padding, str) and torch.backends.mkldnn.is_available()):
+        if not (_onednn_inference(x, self.conv) and torch.backends.mkldnn.is_available()):
             return False
         if other is None:
             return True

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,28 @@ from wsss.pipeline.runner import run_pipeline
 ROOT = Path(__file__).resolve().parents[2]
 ALL_RANKS = {"train_cls", "make_cam", "eval_cam", "make_pseudo_labels", "train_seg", "eval_seg"}
 STAGES = ["train_cls", "make_cam", "eval_cam", "make_pseudo_labels", "train_seg", "eval_seg"]
+
+
+def _train_ddp(synthetic_root: Path, tmp_path: Path, run_dir: Path, *overrides: str, timeout: int) -> None:
+    """``train.py`` on the tiny synthetic tree in two gloo DDP processes, one intra-op thread each."""
+    args = [*TINY, f"data.synthetic.root={synthetic_root}", f"paths.log_dir={tmp_path}/logs", *overrides,
+            "trainer=cpu", "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, check=False,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread, as the DDP processes (OMP_NUM_THREADS=1): conv reductions are then
+    summed in the same order (two threads land ~1e-6 apart)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
@@ -62,22 +86,11 @@ def test_cam_chain_same_with_one_or_two_processes(tiny_cfg, synthetic_root: Path
     two DDP processes: identical CAMs (atol 1e-6), label PNGs and scores (abs 1e-9)."""
     chain = "pipeline.order=[train_cls,make_cam,eval_cam,make_pseudo_labels]"
     one = tmp_path / "one"
-    # The DDP processes run with one intra-op thread each (OMP_NUM_THREADS=1 below); the
-    # single-process run must too, or conv reductions are summed in another order (~1e-6 apart).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_thread():
         single = run_pipeline(tiny_cfg(chain), one)
-    finally:
-        torch.set_num_threads(threads)
     two = tmp_path / "two"
-    overrides = [*TINY, f"data.synthetic.root={synthetic_root}", f"paths.log_dir={tmp_path}/logs", chain,
-                 f"pipeline.from_run={one}", "pipeline.only=[make_cam,eval_cam,make_pseudo_labels]",
-                 "trainer=cpu", "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={two}"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=env, check=False,
-                          capture_output=True, text=True, timeout=380)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    _train_ddp(synthetic_root, tmp_path, two, chain, f"pipeline.from_run={one}",
+               "pipeline.only=[make_cam,eval_cam,make_pseudo_labels]", timeout=380)
     rank1 = (two / "train_ddp_process_1.log").read_text()
     assert "stage make_pseudo_labels\n" in rank1 and "stage eval_cam\n" in rank1  # both sharded
     cams = sorted(p.name for p in (one / "stages/make_cam/cams").glob("*.npz"))
@@ -130,22 +143,13 @@ def test_walks_same_with_one_or_two_processes(pipeline: str, stages: list[str], 
     base = tmp_path / "base"  # the classifier, CAMs and relation labels, one process
     run_pipeline(tiny_cfg(*extra, f"pipeline.order=[{','.join(chain[: chain.index(stages[0])])}]"), base)
     two = tmp_path / "two"
-    overrides = [*TINY, f"data.synthetic.root={synthetic_root}", f"paths.log_dir={tmp_path}/logs", *extra, upto,
-                 f"pipeline.from_run={base}", f"pipeline.only=[{','.join([*stages, *walks[walks.index(stage) + 1 :]])}]", "trainer=cpu",
-                 "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={two}"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=env, check=False,
-                          capture_output=True, text=True, timeout=280)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    _train_ddp(synthetic_root, tmp_path, two, *extra, upto, f"pipeline.from_run={base}",
+               f"pipeline.only=[{','.join([*stages, *walks[walks.index(stage) + 1 :]])}]", timeout=280)
     assert f"stage {stage}\n" in (two / "train_ddp_process_1.log").read_text()  # rank 1 walked its share
     one = tmp_path / "one"  # the same walk in one process, from the DDP-trained network
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the DDP processes (OMP_NUM_THREADS=1)
-    try:
+    with _one_thread():
         results = run_pipeline(tiny_cfg(*extra, upto, f"pipeline.from_run={two}", f"pipeline.only=[{','.join(walks)}]"),
                                one)  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
     single = results[stage]
     if instances:
         assert "stage calibrate_irn\n" in (two / "train_ddp_process_1.log").read_text()
@@ -187,20 +191,11 @@ def test_relation_labels_same_with_one_or_two_processes(tiny_cfg, synthetic_root
              "stages.make_cam_saliency.num_workers=0", "stages.make_cam_saliency.split=train_aug",
              "+stages.oaa_gen_gt.reads.saliency=make_cam_saliency"]  # fmt: skip
     one = tmp_path / "one"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the DDP processes (OMP_NUM_THREADS=1)
-    try:
+    with _one_thread():
         single = run_pipeline(tiny_cfg(*extra), one)
-    finally:
-        torch.set_num_threads(threads)
     two = tmp_path / "two"
-    overrides = [*TINY, f"data.synthetic.root={synthetic_root}", f"paths.log_dir={tmp_path}/logs", *extra,
-                 f"pipeline.from_run={one}", f"pipeline.only=[make_cam,{','.join(stages)}]", "trainer=cpu",
-                 "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={two}"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=env, check=False,
-                          capture_output=True, text=True, timeout=400)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    _train_ddp(synthetic_root, tmp_path, two, *extra, f"pipeline.from_run={one}",
+               f"pipeline.only=[make_cam,{','.join(stages)}]", timeout=400)
     rank1 = (two / "train_ddp_process_1.log").read_text()
     cues = single["make_cues"]
     assert cues["num_evaluated"] > 0

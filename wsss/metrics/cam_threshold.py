@@ -98,15 +98,13 @@ class ThresholdSweep:
     def sync(self) -> None:
         """Sum the histograms of all DDP ranks into every rank (a collective: each rank calls it;
         a no-op without a process group). Ranks that scored no image contribute zeros."""
-        import torch.distributed as dist
+        from wsss.parallel import sum_over_ranks
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
         n, n_bins = self.num_classes, len(self._sorted) + 1
         hist = self._hist if self._hist is not None else torch.zeros((n_bins, n, n), dtype=torch.int64)
-        hist = hist.to("cuda" if dist.get_backend() == "nccl" else "cpu", torch.int64)
-        dist.all_reduce(hist)
-        self._hist = hist.cpu()
+        summed = sum_over_ranks(hist)
+        if summed is not hist:  # reduced over ranks (without DDP: unchanged, None stays None)
+            self._hist = summed
 
     def confusions(self) -> dict[float, np.ndarray]:
         """Threshold -> (gt x pred) int64 confusion matrix ``(num_classes, num_classes)``."""

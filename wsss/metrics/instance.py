@@ -24,7 +24,7 @@ import scipy.ndimage
 
 from wsss.data.labels import BACKGROUND, IGNORE
 
-__all__ = ["InstanceAP", "apr", "eval_instance_segmentation_voc", "instances_from_semantic", "mask_iou"]
+__all__ = ["InstanceAP", "apr", "eval_instance_segmentation_voc", "instances_from_semantic", "mask_iou", "match_image"]
 
 
 def mask_iou(masks_a: np.ndarray, masks_b: np.ndarray) -> np.ndarray:
@@ -41,7 +41,7 @@ def mask_iou(masks_a: np.ndarray, masks_b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _match_image(
+def _match_class(
     pred_masks: np.ndarray,
     pred_scores: np.ndarray,
     gt_masks: np.ndarray,
@@ -77,11 +77,27 @@ def _voc_ap(tp_flags: np.ndarray, n_pos: int) -> float:
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
+def match_image(pred_masks: np.ndarray, pred_labels: np.ndarray, pred_scores: np.ndarray,
+                gt_masks: np.ndarray, gt_labels: np.ndarray,
+                iou_thresh: float = 0.5) -> dict[int, tuple[int, list[float], list[int]]]:  # fmt: skip
+    """One image's part of the VOC APr: per class present in the predictions or the GT,
+    ``(number of GT instances, prediction scores, TP flags)`` (the masks are not needed after)."""
+    p_label, g_label = np.asarray(pred_labels, np.int64), np.asarray(gt_labels, np.int64)
+    p_score = np.asarray(pred_scores, np.float64)
+    out = {}
+    for cls in np.unique(np.concatenate([p_label, g_label])).tolist():
+        keep_p, keep_g = p_label == cls, g_label == cls
+        flags = _match_class(np.asarray(pred_masks)[keep_p], p_score[keep_p], np.asarray(gt_masks)[keep_g],
+                             iou_thresh)  # fmt: skip
+        out[cls] = (int(keep_g.sum()), p_score[keep_p].tolist(), flags)
+    return out
+
+
 class InstanceAP:
     """Streaming form of :func:`eval_instance_segmentation_voc`: :meth:`update` one image at a
     time (its masks are matched at once and dropped; only each prediction's score and TP flag
-    are kept), :meth:`compute` at the end. Memory grows with the number of predictions, not
-    with the images' pixels."""
+    are kept; :meth:`add` takes a :func:`match_image` made elsewhere), :meth:`compute` at the end.
+    Memory grows with the number of predictions, not with the images' pixels."""
 
     def __init__(self, iou_thresh: float = 0.5) -> None:
         self.iou_thresh = iou_thresh
@@ -93,16 +109,15 @@ class InstanceAP:
     def update(self, pred_masks: np.ndarray, pred_labels: np.ndarray, pred_scores: np.ndarray,
                gt_masks: np.ndarray, gt_labels: np.ndarray) -> None:  # fmt: skip
         """One image: ``(R, H, W)`` bool masks with ``(R,)`` labels and scores; ``(G, H, W)`` GT."""
-        p_label, g_label = np.asarray(pred_labels, np.int64), np.asarray(gt_labels, np.int64)
-        p_score = np.asarray(pred_scores, np.float64)
-        for cls in np.unique(np.concatenate([p_label, g_label])).tolist():
-            keep_p, keep_g = p_label == cls, g_label == cls
-            self.n_pos[cls] = self.n_pos.get(cls, 0) + int(keep_g.sum())
-            self.scores.setdefault(cls, []).extend(p_score[keep_p].tolist())
-            self.flags.setdefault(cls, []).extend(
-                _match_image(np.asarray(pred_masks)[keep_p], p_score[keep_p],
-                             np.asarray(gt_masks)[keep_g], self.iou_thresh)
-            )
+        self.add(match_image(pred_masks, pred_labels, pred_scores, gt_masks, gt_labels, self.iou_thresh))
+
+    def add(self, matched: dict[int, tuple[int, list[float], list[int]]]) -> None:
+        """One image's :func:`match_image` result (images must be added in a fixed order: equal
+        scores keep it when ranked)."""
+        for cls, (n_pos, scores, flags) in matched.items():
+            self.n_pos[cls] = self.n_pos.get(cls, 0) + n_pos
+            self.scores.setdefault(cls, []).extend(scores)
+            self.flags.setdefault(cls, []).extend(flags)
         self.num_images += 1
 
     def compute(self, num_classes: int | None = None) -> dict[str, np.ndarray | float]:

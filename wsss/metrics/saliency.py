@@ -51,16 +51,12 @@ class SaliencyScore:
         """Sum the counts of all DDP ranks into every rank (a collective: each rank calls it; a
         no-op without a process group)."""
         import torch
-        import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
+        from wsss.parallel import sum_over_ranks
+
         values = torch.tensor([self.tp, self.fp, self.fn, self.pixels, self.gt_pixels, self.abs_error,
                                self.images], dtype=torch.float64)  # fmt: skip
-        if dist.get_backend() == "nccl":
-            values = values.cuda()
-        dist.all_reduce(values)
-        tp, fp, fn, pixels, gt_pixels, abs_error, images = values.cpu().tolist()
+        tp, fp, fn, pixels, gt_pixels, abs_error, images = sum_over_ranks(values).tolist()
         self.tp, self.fp, self.fn, self.pixels, self.gt_pixels = (int(v) for v in (tp, fp, fn, pixels, gt_pixels))
         self.abs_error, self.images = abs_error, int(images)
 

@@ -89,31 +89,24 @@ def shard(ids: Sequence[T]) -> list[T]:
     return list(ids)[rank() :: world_size()] if world_size() > 1 else list(ids)
 
 
-def gather_in_order(local: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
-    """Every rank's rows, in the global order of ``indices`` (this rank's positions: the
-    :func:`shard` of ``range(total)`` it processed), concatenated on every rank. Bit for bit what
-    one process computing all rows in order would hold (as given without DDP)."""
+def gather_in_order(items: Sequence[T], indices: Sequence[int]) -> list[T]:
+    """Every rank's per-image ``items`` (picklable), in the global order of ``indices`` (this
+    rank's positions: the :func:`shard` of ``range(total)`` it processed), on every rank: the list
+    one process handling all images in order would hold (as given without DDP)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return local
+        return list(items)
     parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, (list(indices), local.cpu().numpy()))
-    rows = {i: row for idx, arr in parts for i, row in zip(idx, arr)}
-    return torch.from_numpy(np.stack([rows[i] for i in sorted(rows)])) if rows else local[:0].cpu()
+    dist.all_gather_object(parts, list(zip(indices, items, strict=True)))
+    return [item for _, item in sorted((pair for part in parts for pair in part), key=lambda pair: pair[0])]
 
 
 def reduce_sum(values: Sequence[float]) -> list[float]:
     """Element-wise sum of ``values`` over DDP ranks (as given without DDP)."""
-    import torch.distributed as dist
+    from wsss.parallel import sum_over_ranks
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(values)
-    tensor = torch.tensor(list(values), dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return tensor.cpu().tolist()
+    return sum_over_ranks(torch.tensor(list(values), dtype=torch.float64)).tolist()
 
 
 def done_label(path: Path) -> np.ndarray | None:

@@ -14,6 +14,7 @@ the stage keeps it (``source: checkpoint``) unless ``recompute_release=true``.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from wsss.io import save_npz
 from wsss.methods.irnet import image_displacements, mean_displacement
@@ -48,10 +49,10 @@ def _run(ctx: StageContext) -> dict:
     # dataset's order, so the average is the one a single process computes, to the bit.
     indices = shard(range(len(dataset)))
     images = (dataset[i]["image"][None] for i in tqdm(indices, desc="calibrate_irn"))
-    per_image = gather_in_order(image_displacements(model, images), indices)
-    if not len(per_image):
+    rows = gather_in_order(list(image_displacements(model, images)), indices)
+    if not rows:
         raise ValueError(f"calibrate_irn: no images to average over (split {p.split!r})")
-    mean = per_image.mean(dim=0).numpy().astype(np.float32)
+    mean = torch.stack(rows).mean(dim=0).numpy().astype(np.float32)
     if rank() == 0:
         save_npz(ctx.out_dir / SHIFT_FILE, mean=mean)
     return {"split": p.split, "num_images": len(dataset), "mean_dy": float(mean[0]),

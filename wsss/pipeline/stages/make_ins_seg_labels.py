@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from wsss.functional.irn import instance_masks_from_walk, instances_from_displacement
-from wsss.io import load_npz, save_npz
-from wsss.metrics.instance import InstanceAP, instances_from_semantic
+from wsss.io import save_npz
+from wsss.metrics.instance import InstanceAP, instances_from_semantic, match_image
 from wsss.parallel import progress
 from wsss.pipeline.artifacts import cam_dir_of
-from wsss.pipeline.context import StageContext, barrier, rank, read_metrics
+from wsss.pipeline.context import StageContext, rank, read_metrics
 from wsss.pipeline.image_sets import (
     eval_ids,
     load_cams,
@@ -35,7 +35,7 @@ from wsss.pipeline.image_sets import (
 )
 from wsss.pipeline.irn_seeds import STRIDE, seed_floor, walk_seeds
 from wsss.pipeline.models import load_calibrated_irn, torch_threads
-from wsss.pipeline.per_image import done_npz, reduce_sum, shard
+from wsss.pipeline.per_image import done_npz, gather_in_order, reduce_sum, shard
 
 INSTANCE_KEYS = ("masks", "classes", "scores")
 
@@ -78,10 +78,12 @@ def _run(ctx: StageContext) -> dict:
     evaluated = set(with_gt(gt_src, reported))  # only images with a GT mask are scored
     dataset = stage_images(ctx, [p.split], include_holdout=False)
     instance_dir = ctx.out_dir / "instances"
-    # Under DDP (all_ranks) every rank labels its share of the images; APr50 is then computed from
-    # the written files (every rank, the same numbers), as it ranks all predictions together.
-    num_instances = 0
-    for index in progress(shard(range(len(dataset))), desc="make_ins_seg_labels"):
+    # Under DDP (all_ranks) every rank labels its share of the images and matches the evaluated
+    # ones against their GT; the matches (scores and TP flags, no masks) are gathered in the
+    # dataset's order, as APr50 ranks all predictions of the split together.
+    num_instances, matched, positions = 0, [], []
+    indices = shard(range(len(dataset)))
+    for index in progress(indices, desc="make_ins_seg_labels"):
         item = dataset[index]
         name, size = item["name"], item["size"]
         path = instance_dir / f"{name}.npz"
@@ -97,14 +99,17 @@ def _run(ctx: StageContext) -> dict:
             )
             save_npz(path, **result)
         num_instances += len(result["scores"])
-    barrier()  # every rank's instance files are written
+        if name in evaluated:
+            gt_masks, gt_classes, kind = gt_instances(gt_src, name)
+            matched.append((match_image(result["masks"], result["classes"], result["scores"], gt_masks,
+                                        gt_classes), kind))  # fmt: skip
+            positions.append(index)
+    # (collectives: past them, every rank's instance files are written, which the COCO export reads)
     num_instances = int(reduce_sum([num_instances])[0])
-    meter, gt_kinds = InstanceAP(iou_thresh=0.5), set()  # one image's masks in memory at a time
-    for name in (i for i in dataset.source.ids if i in evaluated):
-        result = load_npz(instance_dir / f"{name}.npz")
-        gt_masks, gt_classes, kind = gt_instances(gt_src, name)
+    meter, gt_kinds = InstanceAP(iou_thresh=0.5), set()
+    for image_match, kind in gather_in_order(matched, positions):
+        meter.add(image_match)
         gt_kinds.add(kind)
-        meter.update(result["masks"], result["classes"], result["scores"], gt_masks, gt_classes)
     ap50, per_class = None, {}
     if meter.num_images:
         ap = meter.compute(num_classes=ctx.cfg.data.num_classes)
