@@ -103,7 +103,8 @@ def gather_in_order(items: Sequence[T], indices: Sequence[int]) -> list[T]:
 
 
 def reduce_sum(values: Sequence[float]) -> list[float]:
-    """Element-wise sum of ``values`` over DDP ranks (as given without DDP)."""
+    """Element-wise sum of ``values`` over DDP ranks, as float64 (counts stay exact below 2**53;
+    the values themselves without DDP)."""
     from wsss.parallel import sum_over_ranks
 
     return sum_over_ranks(torch.tensor(list(values), dtype=torch.float64)).tolist()
